@@ -1,0 +1,38 @@
+"""Names and labels of the metrics the proxy exports: the contract between the proxy and the
+operator's PromQL (and anyone's dashboards). Change a name here and both sides follow.
+
+Every series carries ``policy`` and, where it applies, ``revision`` and ``tier``. The Kubernetes
+namespace is added by the scrape (pod/ServiceMonitor labels), not by the proxy.
+"""
+
+PREFIX = "tierguard"
+
+# counters (exported with the _total suffix)
+TIER_REQUESTS = f"{PREFIX}_tier_requests"  # labels: policy, revision, tier, outcome(accepted|escalated|error)
+REQUESTS = f"{PREFIX}_requests"  # labels: policy, revision, tier (answering tier, "none" on error), status(ok|error)
+ESCALATIONS = f"{PREFIX}_escalations"  # labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
+TOKENS = f"{PREFIX}_tokens"  # labels: policy, revision, tier, direction(in|out)
+COST_USD = f"{PREFIX}_cost_usd"  # labels: policy, revision, tier
+COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy, revision
+FEEDBACK = f"{PREFIX}_feedback"  # labels: policy, revision, tier, rating(up|down)
+FEEDBACK_REJECTED = f"{PREFIX}_feedback_rejected"  # labels: policy, reason
+EARLY_ABORT_SAVED_SECONDS = f"{PREFIX}_early_abort_saved_seconds"  # labels: policy, revision, tier
+BAD_REQUESTS = f"{PREFIX}_bad_requests"  # labels: policy, reason
+
+# histograms
+CONFIDENCE = f"{PREFIX}_confidence"  # calibrated confidence; labels: policy, revision, tier
+TIER_LATENCY = f"{PREFIX}_tier_latency_seconds"  # labels: policy, revision, tier
+REQUEST_LATENCY = f"{PREFIX}_request_latency_seconds"  # end to end; labels: policy, revision
+
+# gauges
+IN_FLIGHT = f"{PREFIX}_in_flight_requests"  # labels: policy
+CONFIG_INFO = f"{PREFIX}_config_info"  # value 1; labels: policy, config_hash, stable_revision, canary_revision
+CANARY_WEIGHT = f"{PREFIX}_canary_weight"  # labels: policy
+
+# reserved for shadow scoring and drift (exported once those features land)
+SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier
+SHADOW_DISAGREEMENTS = f"{PREFIX}_shadow_disagreements"  # labels: policy, revision, tier
+CONFIDENCE_PSI = f"{PREFIX}_confidence_psi"  # gauge; labels: policy, revision, tier
+
+CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

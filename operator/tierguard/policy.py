@@ -1,0 +1,362 @@
+"""The policy model: the single source of truth for the proxy's config and the CRD schemas.
+
+Field names are snake_case in Python and camelCase in YAML (Kubernetes convention); both are
+accepted on input. ``crds/*.yaml`` is generated from these models (``tierguard crds``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from . import API_GROUP, API_VERSION
+from .confidence import Aggregate, CalibrationMap
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+CAPABLE_ONLY = "capable-only"
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, snake_case accepted too, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SecretSource(Model):
+    """Where a secret (an API key, a signing key) comes from: an environment variable or a file."""
+
+    env: str | None = Field(default=None, description="Name of an environment variable holding the value.")
+    file: str | None = Field(default=None, description="Path of a file holding the value (e.g. a mounted Secret).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of env or file")
+        return self
+
+
+class TierConfidence(Model):
+    """How one tier's raw confidence is calibrated and where it is accepted."""
+
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Accept the tier's answer at or above this calibrated confidence."
+    )
+    calibration: list[Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None,
+        description="Monotone piecewise-linear map from raw to calibrated confidence: [[raw, calibrated], ...].",
+    )
+
+    @field_validator("calibration")
+    @classmethod
+    def _valid_map(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None:
+            CalibrationMap([(p[0], p[1]) for p in v])  # raises ValueError with the reason
+        return v
+
+    def calibration_map(self) -> CalibrationMap:
+        if not self.calibration:
+            return CalibrationMap()
+        return CalibrationMap([(p[0], p[1]) for p in self.calibration])
+
+
+class Tier(Model):
+    name: str = Field(pattern=DNS_LABEL, description="Tier name (a DNS label), used in metrics and headers.")
+    base_url: str = Field(
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="OpenAI-compatible base URL, e.g. http://model:8000/v1.",
+        validation_alias=AliasChoices("baseUrl", "base_url", "url"),
+    )
+    model: str = Field(min_length=1, description="Model name sent upstream.")
+    api_key: SecretSource | None = Field(default=None, description="API key source; omitted for none.")
+    price_input_per_million: float = Field(default=0.0, ge=0.0, description="USD per million input tokens.")
+    price_output_per_million: float = Field(default=0.0, ge=0.0, description="USD per million output tokens.")
+    timeout_seconds: float = Field(default=30.0, gt=0.0, le=600.0)
+    max_concurrency: int = Field(default=256, ge=1, le=100000, description="Concurrent upstream requests.")
+    confidence: TierConfidence = Field(default_factory=TierConfidence)
+
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.price_input_per_million + tokens_out * self.price_output_per_million) / 1e6
+
+
+DEFAULT_SELF_EVAL_PROMPT = (
+    "Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
+    "Is the proposed answer correct? Answer with a single letter: Y or N."
+)
+
+
+class ConfidenceSpec(Model):
+    method: Literal["logprob", "self_eval"] = Field(
+        default="logprob",
+        description="logprob: aggregate the answer's token probabilities; "
+        "self_eval: ask the same tier to verify its answer, confidence = P(Y).",
+    )
+    aggregate: Aggregate = Field(default="quantile", description="How token probabilities are aggregated.")
+    quantile: float = Field(default=0.1, ge=0.0, le=1.0, description="The quantile used by aggregate=quantile.")
+    self_eval_prompt: str = Field(default=DEFAULT_SELF_EVAL_PROMPT, description="Template with {question} and {answer}.")
+    early_abort: bool = Field(
+        default=True, description="Stop a streaming tier as soon as acceptance has become impossible."
+    )
+    assumed_max_tokens: int = Field(
+        default=4096, ge=1, description="Answer length bound for early abort when the request sets no max_tokens."
+    )
+
+
+class CascadeSpec(Model):
+    """What a revision is made of: the ordered tiers and how confidence is judged."""
+
+    tiers: list[Tier] = Field(min_length=2, max_length=16, description="Cheapest first; the last tier always answers.")
+    confidence: ConfidenceSpec = Field(default_factory=ConfidenceSpec)
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_names(cls, tiers: list[Tier]) -> list[Tier]:
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        return tiers
+
+    def content_hash(self) -> str:
+        """A short stable hash of the cascade's content: the revision name."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# --- rollout and SLOs (read by the operator; ignored by the proxy) -------------------------------
+
+
+class RolloutStep(Model):
+    weight: int = Field(ge=1, le=100, description="Canary traffic share in percent.")
+    pause: str | None = Field(
+        default=None,
+        pattern=r"^(indefinite|\d+(ms|s|m|h))$",
+        description="Wait this long at the step before analysis may advance it (e.g. 30s, 5m), "
+        "or 'indefinite' to wait for a manual promotion.",
+    )
+
+
+def default_steps() -> list[RolloutStep]:
+    return [RolloutStep(weight=w) for w in (5, 10, 25, 50, 100)]
+
+
+class RolloutSpec(Model):
+    steps: list[RolloutStep] = Field(default_factory=default_steps, min_length=1)
+    interval: str = Field(default="1m", pattern=r"^\d+(ms|s|m|h)$", description="Analysis interval.")
+    failure_threshold: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
+    min_samples: int = Field(default=50, ge=0, description="Requests per tier per interval needed for a verdict.")
+    progress_deadline: str = Field(default="30m", pattern=r"^\d+(ms|s|m|h)$")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[RolloutStep]) -> list[RolloutStep]:
+        weights = [s.weight for s in steps]
+        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+            raise ValueError(f"step weights must be strictly increasing, got {weights}")
+        return steps
+
+
+class SLORef(Model):
+    name: str = Field(pattern=DNS_LABEL)
+
+
+class ProxyDeployment(Model):
+    replicas: int = Field(default=2, ge=1, le=100)
+    image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
+    port: int = Field(default=8080, ge=1, le=65535)
+    resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
+    feedback_key: SecretSource | None = Field(default=None, description="HMAC key for signed response ids.")
+
+
+class CascadePolicySpec(CascadeSpec):
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    slos: list[SLORef] = Field(default_factory=list, description="QualitySLO objects gating the rollout.")
+    proxy: ProxyDeployment = Field(default_factory=ProxyDeployment)
+
+    def cascade(self) -> CascadeSpec:
+        return CascadeSpec(tiers=self.tiers, confidence=self.confidence)
+
+
+Signal = Literal[
+    "escalation_rate",
+    "error_rate",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "thumbs_down_rate",
+    "shadow_disagreement",
+    "confidence_drift",
+    "cost_per_request",
+]
+
+
+class Objective(Model):
+    name: str = Field(pattern=DNS_LABEL)
+    tier: str | None = Field(default=None, description="A tier name; omitted for every tier.")
+    signal: Signal | None = None
+    query: str | None = Field(
+        default=None,
+        description="Custom PromQL with {{policy}}, {{namespace}}, {{revision}}, {{tier}}, {{interval}}.",
+    )
+    max: float | None = Field(default=None, description="Absolute upper bound.")
+    min: float | None = Field(default=None, description="Absolute lower bound.")
+    max_increase_over_stable: float | None = Field(
+        default=None, description="Bound relative to the stable revision: canary <= stable + this."
+    )
+
+    @model_validator(mode="after")
+    def _one_source_one_bound(self) -> Objective:
+        if (self.signal is None) == (self.query is None):
+            raise ValueError("set exactly one of signal or query")
+        if self.max is None and self.min is None and self.max_increase_over_stable is None:
+            raise ValueError("set a bound: max, min or maxIncreaseOverStable")
+        return self
+
+
+class QualitySLOSpec(Model):
+    objectives: list[Objective] = Field(min_length=1)
+
+
+# --- what the proxy loads ----------------------------------------------------------------------
+
+
+class Revision(Model):
+    name: str = Field(min_length=1, max_length=63)
+    mode: Literal["cascade", "capable-only"] = "cascade"
+    cascade: CascadeSpec
+
+    @classmethod
+    def of(cls, cascade: CascadeSpec, mode: Literal["cascade", "capable-only"] = "cascade") -> Revision:
+        name = CAPABLE_ONLY if mode == CAPABLE_ONLY else cascade.content_hash()
+        return cls(name=name, mode=mode, cascade=cascade)
+
+
+class ProxySettings(Model):
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
+    decision_log: str | None = Field(default="-", description="Path of the JSONL decision log; '-' is stdout.")
+    feedback_key: SecretSource | None = None
+
+
+class ProxyConfig(Model):
+    """The proxy's whole configuration: rendered by the operator into a ConfigMap, or by hand."""
+
+    kind: Literal["ProxyConfig"] = "ProxyConfig"
+    policy: str = Field(default="local", min_length=1)
+    namespace: str = "default"
+    stable: Revision
+    canary: Revision | None = None
+    canary_weight: int = Field(default=0, ge=0, le=100)
+    settings: ProxySettings = Field(default_factory=ProxySettings)
+
+    @model_validator(mode="after")
+    def _weight_needs_canary(self) -> ProxyConfig:
+        if self.canary is None and self.canary_weight:
+            raise ValueError("canaryWeight > 0 needs a canary revision")
+        return self
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message says what to fix."""
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_policy_spec(data: Any, source: str = "policy") -> CascadePolicySpec:
+    try:
+        return CascadePolicySpec.model_validate(data)
+    except ValidationError as err:
+        raise PolicyError(f"{source}: invalid CascadePolicy spec:\n{_format_validation_error(err)}") from None
+
+
+def load_proxy_config(path: str | Path) -> ProxyConfig:
+    """Load a proxy config from YAML/JSON.
+
+    Accepts a ProxyConfig (``kind: ProxyConfig``), a CascadePolicy manifest
+    (``apiVersion: tierguard.io/v1alpha1``, ``kind: CascadePolicy``) or a bare CascadePolicy spec;
+    the latter two become a config whose stable revision is the policy's cascade.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{p}: not valid YAML: {err}") from None
+    return proxy_config_from_data(data, str(p))
+
+
+def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: expected a mapping at the top level")
+    kind = data.get("kind")
+    if kind == "ProxyConfig":
+        try:
+            return ProxyConfig.model_validate(data)
+        except ValidationError as err:
+            raise PolicyError(f"{source}: invalid ProxyConfig:\n{_format_validation_error(err)}") from None
+    if kind == "CascadePolicy" or "apiVersion" in data:
+        api = data.get("apiVersion")
+        if api != f"{API_GROUP}/{API_VERSION}" or kind != "CascadePolicy":
+            raise PolicyError(f"{source}: expected apiVersion {API_GROUP}/{API_VERSION}, kind CascadePolicy")
+        meta = data.get("metadata") or {}
+        spec = parse_policy_spec(data.get("spec"), source)
+        name = str(meta.get("name", "local"))
+        namespace = str(meta.get("namespace", "default"))
+    else:
+        spec = parse_policy_spec(data, source)
+        name, namespace = "local", "default"
+    return ProxyConfig(
+        policy=name,
+        namespace=namespace,
+        stable=Revision.of(spec.cascade()),
+        settings=ProxySettings(feedback_key=spec.proxy.feedback_key),
+    )
+
+
+def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
+    """Load a CascadePolicy (manifest or bare spec): (name, spec). Used by replay and calibrate."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as err:
+        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{p}: not valid YAML: {err}") from None
+    if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
+        return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(data.get("spec"), str(p))
+    return p.stem, parse_policy_spec(data, str(p))
+
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
+
+
+def parse_duration(text: str) -> float:
+    """'30s' -> 30.0 seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"bad duration {text!r} (expected e.g. 500ms, 30s, 5m, 1h)")
+    value, unit = int(m.group(1)), m.group(2)
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
