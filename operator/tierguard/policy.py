@@ -90,10 +90,9 @@ class Tier(Model):
         return (tokens_in * self.price_input_per_million + tokens_out * self.price_output_per_million) / 1e6
 
 
-DEFAULT_SELF_EVAL_PROMPT = (
-    "Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
-    "Is the proposed answer correct? Answer with a single letter: Y or N."
-)
+# self_eval appends the tier's answer as an assistant turn, then this question as a user turn,
+# and reads P("Y") from the reply's first-token logprobs.
+DEFAULT_SELF_EVAL_PROMPT = "Is your answer above correct? Answer with a single letter: Y or N."
 
 
 class ConfidenceSpec(Model):
@@ -104,7 +103,9 @@ class ConfidenceSpec(Model):
     )
     aggregate: Aggregate = Field(default="quantile", description="How token probabilities are aggregated.")
     quantile: float = Field(default=0.1, ge=0.0, le=1.0, description="The quantile used by aggregate=quantile.")
-    self_eval_prompt: str = Field(default=DEFAULT_SELF_EVAL_PROMPT, description="Template with {question} and {answer}.")
+    self_eval_prompt: str = Field(
+        default=DEFAULT_SELF_EVAL_PROMPT, description="The verification question sent after the tier's answer."
+    )
     early_abort: bool = Field(
         default=True, description="Stop a streaming tier as soon as acceptance has become impossible."
     )
