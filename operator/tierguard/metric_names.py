@@ -16,8 +16,8 @@ COST_USD = f"{PREFIX}_cost_usd"  # labels: policy, revision, tier
 COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy, revision
 FEEDBACK = f"{PREFIX}_feedback"  # labels: policy, revision, tier, rating(up|down)
 FEEDBACK_REJECTED = f"{PREFIX}_feedback_rejected"  # labels: policy, reason
-EARLY_ABORT_SAVED_SECONDS = f"{PREFIX}_early_abort_saved_seconds"  # labels: policy, revision, tier
 BAD_REQUESTS = f"{PREFIX}_bad_requests"  # labels: policy, reason
+CONFIG_RELOADS = f"{PREFIX}_config_reloads"  # labels: policy, result(applied|invalid)
 
 # histograms
 CONFIDENCE = f"{PREFIX}_confidence"  # calibrated confidence; labels: policy, revision, tier

@@ -1,0 +1,90 @@
+"""Signed response ids: the routing decision travels with the answer, so feedback on any
+replica joins it without a shared store.
+
+``chatcmpl-tg1.<payload>.<mac>``: payload is base64url("revision|tier|bucket|nonce"), mac the
+first 16 bytes of HMAC-SHA256(key, payload) in base64url.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..policy import SecretSource
+
+PREFIX = "chatcmpl-tg1."
+KEY_ENV = "TIERGUARD_FEEDBACK_KEY"
+
+
+class InvalidId(ValueError):
+    """The id was not issued by a proxy holding this key (``reason``: malformed or bad_signature)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    revision: str
+    tier: str
+    bucket: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_key(source: SecretSource | None) -> tuple[bytes, str]:
+    """The signing key and where it came from. Without a configured source: the
+    ``TIERGUARD_FEEDBACK_KEY`` environment variable, else a random per-process key."""
+    if source is not None:
+        if source.env is not None:
+            value = os.environ.get(source.env)
+            if not value:
+                raise ValueError(f"feedback key: environment variable {source.env} is not set")
+            return value.encode(), f"env:{source.env}"
+        assert source.file is not None
+        try:
+            return Path(source.file).read_bytes().strip(), f"file:{source.file}"
+        except OSError as err:
+            raise ValueError(f"feedback key: cannot read {source.file}: {err.strerror}") from None
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode(), f"env:{KEY_ENV}"
+    return secrets.token_bytes(32), "random (feedback verifies on this replica only)"
+
+
+class IdSigner:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16])
+
+    def issue(self, revision: str, tier: str, bucket: int) -> str:
+        payload = _b64(f"{revision}|{tier}|{bucket}|{secrets.token_hex(6)}".encode())
+        return f"{PREFIX}{payload}.{self._mac(payload)}"
+
+    def verify(self, response_id: object) -> Decision:
+        if not isinstance(response_id, str) or not response_id.startswith(PREFIX) or len(response_id) > 512:
+            raise InvalidId("malformed")
+        body = response_id[len(PREFIX) :]
+        payload, _, mac = body.partition(".")
+        if not payload or not mac:
+            raise InvalidId("malformed")
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise InvalidId("bad_signature")
+        try:
+            revision, tier, bucket, _nonce = _unb64(payload).decode().split("|")
+            return Decision(revision, tier, int(bucket))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidId("malformed") from None

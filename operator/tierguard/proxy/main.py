@@ -1,0 +1,108 @@
+"""``tierguard proxy``: run the cascade proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ..cli import UserError
+from ..policy import PolicyError
+from .app import ProxyApp
+from .decision_log import DecisionLog
+from .ids import IdSigner, load_key
+from .reload import read_config, watch
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", required=True, help="CascadePolicy (manifest or spec) or ProxyConfig file"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    parser.add_argument(
+        "--decision-log",
+        default=None,
+        help="decision log target: a file path, '-' for stdout, 'off' (default: from config)",
+    )
+    parser.add_argument(
+        "--reload-interval", type=float, default=1.0, help="seconds between policy file checks"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build(args: argparse.Namespace) -> tuple[ProxyApp, str]:
+    path = Path(args.policy)
+    try:
+        digest, config = read_config(path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror}") from None
+    target = args.decision_log if args.decision_log is not None else config.settings.decision_log
+    if target == "off":
+        target = None
+    try:
+        key, key_source = load_key(config.settings.feedback_key)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    logging.getLogger("tierguard.proxy").info("feedback ids signed with key from %s", key_source)
+    proxy = ProxyApp(config, IdSigner(key), DecisionLog(target))
+    return proxy, digest
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    proxy, digest = build(args)
+    path = Path(args.policy)
+
+    async def start_watcher(app: web.Application) -> None:
+        def on_invalid(_msg: str) -> None:
+            proxy.metrics.reloads.labels(proxy.metrics.policy, "invalid").inc()
+
+        def apply(config: object) -> None:
+            proxy.apply(config)  # type: ignore[arg-type]
+            proxy.metrics.reloads.labels(proxy.metrics.policy, "applied").inc()
+
+        app["watcher"] = asyncio.create_task(watch(path, digest, apply, on_invalid, args.reload_interval))
+
+    async def stop_watcher(app: web.Application) -> None:
+        app["watcher"].cancel()
+
+    proxy.app.on_startup.append(start_watcher)
+    proxy.app.on_cleanup.append(stop_watcher)
+    try:
+        # the tier clients are built at start-up; a bad API key source fails here, before serving
+        print(
+            f"tierguard proxy: policy {args.policy} on http://{args.host}:{args.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        web.run_app(
+            proxy.app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+            shutdown_timeout=10.0,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    except OSError as err:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
+    except PolicyError:
+        raise
+    return 0

@@ -1,0 +1,205 @@
+"""Calls to one tier's OpenAI-compatible endpoint, with failures classified, never raised raw."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..policy import Tier
+
+
+class TierFailure(Exception):
+    """A tier call that produced no usable answer. ``status`` is what the client should see if
+    this was the last tier."""
+
+    def __init__(self, kind: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | malformed
+        self.status = status
+
+
+def resolve_api_key(tier: Tier) -> str | None:
+    src = tier.api_key
+    if src is None:
+        return None
+    if src.env is not None:
+        value = os.environ.get(src.env)
+        if value is None:
+            raise ValueError(f"tier {tier.name}: API key environment variable {src.env} is not set")
+        return value
+    assert src.file is not None
+    try:
+        return Path(src.file).read_text().strip()
+    except OSError as err:
+        raise ValueError(f"tier {tier.name}: cannot read API key file {src.file}: {err.strerror}") from None
+
+
+@dataclass
+class Completion:
+    body: dict[str, Any]
+    logprobs: list[float]
+    latency_s: float
+    tokens_in: int
+    tokens_out: int
+
+
+def token_logprobs(choice: dict[str, Any]) -> list[float]:
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return []
+    content = lp.get("content")
+    if not isinstance(content, list):
+        return []
+    return [float(t["logprob"]) for t in content if isinstance(t, dict) and "logprob" in t]
+
+
+def _usage(body: dict[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+@dataclass
+class StreamState:
+    """What has arrived so far from a streaming tier."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class TierClient:
+    def __init__(self, tier: Tier, session: aiohttp.ClientSession) -> None:
+        self.tier = tier
+        self.session = session
+        self.url = tier.base_url.rstrip("/") + "/chat/completions"
+        self.semaphore = asyncio.Semaphore(tier.max_concurrency)
+        self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
+        key = resolve_api_key(tier)
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+
+    def _payload(self, request: dict[str, Any], *, stream: bool, logprobs: bool) -> bytes:
+        body = dict(request)
+        body["model"] = self.tier.model
+        body["stream"] = stream
+        if logprobs:
+            body["logprobs"] = True
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body.pop("stream_options", None)
+        return json.dumps(body).encode()
+
+    async def complete(self, request: dict[str, Any], *, logprobs: bool = True) -> Completion:
+        data = self._payload(request, stream=False, logprobs=logprobs)
+        start = time.perf_counter()
+        async with self.semaphore:
+            try:
+                async with self.session.post(
+                    self.url, data=data, headers=self.headers, timeout=self.timeout
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except TimeoutError:
+                raise TierFailure("timeout", f"tier {self.tier.name} timed out", 504) from None
+            except aiohttp.ClientError as err:
+                raise TierFailure(
+                    "connect", f"tier {self.tier.name} unreachable: {type(err).__name__}", 502
+                ) from None
+        latency = time.perf_counter() - start
+        _check_status(self.tier.name, status, raw)
+        try:
+            body = json.loads(raw)
+            choice = body["choices"][0]
+            if not isinstance(choice.get("message"), dict):
+                raise ValueError("no message")
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise TierFailure("malformed", f"tier {self.tier.name} sent a malformed reply", 502) from None
+        tin, tout = _usage(body)
+        return Completion(body, token_logprobs(choice), latency, tin, tout)
+
+    async def stream(
+        self, request: dict[str, Any], state: StreamState, *, logprobs: bool = True
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield raw SSE event blocks (``data: {...}\\n\\n``) as they arrive, updating ``state``.
+
+        Closing the generator early closes the upstream connection (early abort).
+        """
+        data = self._payload(request, stream=True, logprobs=logprobs)
+        async with self.semaphore:
+            try:
+                async with self.session.post(
+                    self.url, data=data, headers=self.headers, timeout=self.timeout
+                ) as resp:
+                    if resp.status != 200:
+                        _check_status(self.tier.name, resp.status, await resp.read())
+                    buf = b""
+                    async for piece in resp.content.iter_any():
+                        buf += piece
+                        while b"\n\n" in buf:
+                            event, buf = buf.split(b"\n\n", 1)
+                            if _absorb(event, state):
+                                yield event + b"\n\n"
+                    if buf.strip() and _absorb(buf, state):
+                        yield buf + b"\n\n"
+            except TimeoutError:
+                raise TierFailure("timeout", f"tier {self.tier.name} timed out", 504) from None
+            except aiohttp.ClientError as err:
+                raise TierFailure(
+                    "connect", f"tier {self.tier.name} unreachable: {type(err).__name__}", 502
+                ) from None
+
+
+def _absorb(event: bytes, state: StreamState) -> bool:
+    """Parse one SSE event into ``state``; True if it is a data chunk to forward."""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return False
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise TierFailure("malformed", "malformed stream chunk", 502) from None
+        if not isinstance(chunk, dict):
+            raise TierFailure("malformed", "malformed stream chunk", 502)
+        if chunk.get("usage"):
+            state.tokens_in, state.tokens_out = _usage(chunk)
+        for choice in chunk.get("choices") or []:
+            state.logprobs.extend(token_logprobs(choice))
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                state.text.append(delta["content"])
+        state.chunks.append(payload)
+        return True
+    return False
+
+
+def _check_status(tier: str, status: int, raw: bytes) -> None:
+    if status == 200:
+        return
+    if status == 429:
+        raise TierFailure("http_429", f"tier {tier} is rate limited", 429)
+    if status >= 500:
+        raise TierFailure("http_5xx", f"tier {tier} failed with HTTP {status}", 502)
+    # a 4xx from upstream: the request itself was refused (pass the status through)
+    message = f"tier {tier} refused the request with HTTP {status}"
+    try:
+        err = json.loads(raw).get("error", {})
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message += f": {err['message'][:300]}"
+    except (ValueError, AttributeError):
+        pass
+    raise TierFailure("http_4xx", message, status)
