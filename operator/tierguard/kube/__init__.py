@@ -1,0 +1,1 @@
+"""The Kubernetes side: child rendering, kopf handlers, manual control, CRD generation."""

@@ -1,0 +1,186 @@
+"""Pure tests of the child objects the operator renders for a CascadePolicy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tierguard.kube import render
+from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
+
+SPEC: dict[str, Any] = {
+    "tiers": [
+        {
+            "name": "mini",
+            "baseUrl": "http://mini:8000/v1",
+            "model": "gpt-4o-mini",
+            "confidence": {"threshold": 0.8},
+        },
+        {"name": "big", "baseUrl": "http://big:8000/v1", "model": "gpt-4o"},
+    ],
+    "rollout": {"interval": "20s"},
+    "proxy": {
+        "replicas": 3,
+        "port": 9090,
+        "image": "example/tierguard:1",
+        "resources": {"limits": {"cpu": "1"}},
+    },
+}
+
+OWNER: dict[str, Any] = {
+    "apiVersion": "tierguard.io/v1alpha1",
+    "kind": "CascadePolicy",
+    "metadata": {"name": "chat", "namespace": "prod", "uid": "1234-abcd"},
+}
+
+
+def spec(**over: Any) -> CascadePolicySpec:
+    return CascadePolicySpec.model_validate({**SPEC, **over})
+
+
+def test_owner_reference_is_a_controller_reference() -> None:
+    ref = render.owner_reference(OWNER)
+    assert ref == {
+        "apiVersion": "tierguard.io/v1alpha1",
+        "kind": "CascadePolicy",
+        "name": "chat",
+        "uid": "1234-abcd",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_every_child_is_owned_named_and_labelled() -> None:
+    s = spec()
+    cfg = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 5)
+    kids = render.children(OWNER, s, cfg, with_service_monitor=True)
+    assert [k["kind"] for k in kids] == ["ConfigMap", "Deployment", "Service", "ServiceMonitor"]
+    for k in kids:
+        meta = k["metadata"]
+        assert meta["name"] == "chat-proxy"
+        assert meta["namespace"] == "prod"
+        assert meta["ownerReferences"] == [render.owner_reference(OWNER)]
+        assert meta["labels"][render.LABEL_POLICY] == "chat"
+    assert "ServiceMonitor" not in [
+        k["kind"] for k in render.children(OWNER, s, cfg, with_service_monitor=False)
+    ]
+
+
+def test_config_map_carries_the_rendered_proxy_config_that_the_proxy_loads() -> None:
+    s = spec()
+    stable, canary = render.capable_only(s), render.revision_for(s)
+    cfg = render.proxy_config("chat", "prod", s, stable, canary, 25)
+    cm = render.config_map(OWNER, cfg)
+    text = cm["data"][render.CONFIG_KEY]
+    # exactly what `tierguard proxy --policy FILE` reads
+    loaded = proxy_config_from_data(yaml.safe_load(text), "configmap")
+    assert loaded == cfg
+    assert (
+        loaded.config_hash()
+        == cfg.config_hash()
+        == cm["metadata"]["annotations"][render.ANNOTATION_CONFIG_HASH]
+    )
+    assert loaded.stable.name == CAPABLE_ONLY and loaded.stable.mode == "capable-only"
+    assert loaded.canary is not None and loaded.canary.name == s.cascade().content_hash()
+    assert loaded.canary_weight == 25
+    ann = cm["metadata"]["annotations"]
+    assert ann[render.ANNOTATION_STABLE] == CAPABLE_ONLY
+    assert ann[render.ANNOTATION_CANARY] == canary.name
+    assert ann[render.ANNOTATION_WEIGHT] == "25"
+    # and read back by the operator
+    assert render.config_from_config_map(cm) == cfg
+
+
+def test_config_without_canary_has_weight_zero() -> None:
+    s = spec()
+    rev = render.revision_for(s)
+    cfg = render.proxy_config("chat", "prod", s, rev, None, 40)
+    assert cfg.canary is None and cfg.canary_weight == 0
+    assert render.config_map(OWNER, cfg)["metadata"]["annotations"][render.ANNOTATION_CANARY] == ""
+
+
+@pytest.mark.parametrize(
+    "cm",
+    [
+        None,
+        {},
+        {"data": {}},
+        {"data": {"config.yaml": "::: not yaml"}},
+        {"data": {"config.yaml": "kind: Other"}},
+    ],
+)
+def test_unreadable_config_maps_read_back_as_none(cm: Any) -> None:
+    assert render.config_from_config_map(cm) is None
+
+
+def test_config_hash_changes_with_weight_and_revision() -> None:
+    s = spec()
+    a = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 5)
+    b = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 10)
+    c = render.proxy_config("chat", "prod", s, render.revision_for(s), None, 0)
+    assert len({a.config_hash(), b.config_hash(), c.config_hash()}) == 3
+
+
+def test_deployment_runs_the_proxy_on_the_mounted_config() -> None:
+    s = spec()
+    dep = render.deployment(OWNER, s)
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == "example/tierguard:1"
+    assert c["command"] == ["tierguard"]
+    assert c["args"][:3] == ["proxy", "--policy", f"{render.CONFIG_DIR}/{render.CONFIG_KEY}"]
+    assert c["args"][-2:] == ["--port", "9090"]
+    assert c["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert c["resources"] == {"limits": {"cpu": "1"}}
+    assert c["volumeMounts"][0]["mountPath"] == render.CONFIG_DIR
+    assert pod["spec"]["volumes"] == [{"name": "config", "configMap": {"name": "chat-proxy"}}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_deployment_does_not_depend_on_the_split() -> None:
+    """Weight changes are ConfigMap updates the proxy hot-reloads; they never roll the pods."""
+    s = spec()
+    assert render.deployment(OWNER, s) == render.deployment(OWNER, s)
+    s2 = spec(rollout={"interval": "1m", "steps": [{"weight": 50}, {"weight": 100}]})
+    assert render.deployment(OWNER, s2) == render.deployment(OWNER, s)
+
+
+def test_service_targets_the_proxy_pods() -> None:
+    s = spec()
+    svc = render.service(OWNER, s)
+    pod_labels = render.deployment(OWNER, s)["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 9090, "targetPort": "http", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("interval", "scrape"), [("20s", "5s"), ("2s", "1s"), ("1m", "15s"), ("1h", "30s")])
+def test_service_monitor_scrapes_often_enough_for_the_analysis(interval: str, scrape: str) -> None:
+    s = spec(rollout={"interval": interval})
+    sm = render.service_monitor(OWNER, s)
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": scrape}]
+    assert sm["spec"]["selector"]["matchLabels"] == render.selector_labels("chat")
+
+
+def test_known_revisions_include_the_last_rendered_stable() -> None:
+    old = spec()
+    new = spec(tiers=[{**SPEC["tiers"][0], "confidence": {"threshold": 0.9}}, SPEC["tiers"][1]])
+    old_rev = render.revision_for(old)
+    previous = render.proxy_config("chat", "prod", old, old_rev, None, 0)
+    known = render.known_revisions(new, previous)
+    assert set(known) == {old_rev.name, render.revision_for(new).name, CAPABLE_ONLY}
+    assert known[old_rev.name] == old_rev
+    assert render.known_revisions(new, None).keys() == {render.revision_for(new).name, CAPABLE_ONLY}
+
+
+def test_revision_names_are_content_hashes() -> None:
+    s = spec()
+    assert render.revision_for(s) == Revision.of(s.cascade())
+    # rollout/proxy settings are not part of the revision
+    assert render.revision_for(spec(rollout={"interval": "5m"})).name == render.revision_for(s).name
+    assert isinstance(render.proxy_config("a", "b", s, render.revision_for(s), None, 0), ProxyConfig)
