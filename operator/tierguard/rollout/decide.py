@@ -249,7 +249,7 @@ def decide(spec: RolloutSpec, status: PolicyStatus, obs: Observations | None, no
     analysis = Analysis(
         time=now,
         result=result,
-        counted=obs.config_current,
+        counted=result in ("Pass", "Breach"),
         config_current=obs.config_current,
         samples=dict(obs.samples),
         checks=[_check_result(c) for c in obs.checks],

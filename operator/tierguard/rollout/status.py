@@ -81,7 +81,7 @@ class Analysis(StatusModel):
 
     time: datetime
     result: AnalysisResult
-    counted: bool = Field(description="Whether the interval counted (the proxies ran the current config).")
+    counted: bool = Field(description="Whether the interval counted (conclusive, on the current config).")
     config_current: bool = True
     samples: dict[str, int] = Field(
         default_factory=dict, description="Canary requests per tier in the window."
