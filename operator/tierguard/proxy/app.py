@@ -7,6 +7,7 @@ always answers), then record metrics and one decision-log line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -153,8 +154,15 @@ class ProxyApp:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         self.apply(self._initial)
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.decision_log.flush()
 
     async def _cleanup(self, _app: web.Application) -> None:
+        self._flusher.cancel()
         if self.session is not None:
             await self.session.close()
         self.decision_log.close()
