@@ -1,0 +1,439 @@
+"""``tierguard replay``: recorded outcomes through routing strategies; writes report.json and report.html.
+
+Everything is fitted on the ``train`` split and reported on the ``test`` split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..calibrate import SelectionObjective, calibrate, evaluate, needs_fit
+from ..cli import UserError
+from ..policy import CascadePolicySpec, load_policy_spec
+from . import strategies as st
+from .data import Dataset, Row, load_dataset, warn_skipped
+
+STRATEGIES = ("capable-only", "pre-route-classifier", "allowlist", "cascade", "cascade+shadow")
+THRESHOLD_GRID = (
+    0.0,
+    0.3,
+    0.4,
+    0.5,
+    0.55,
+    0.6,
+    0.65,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.875,
+    0.9,
+    0.925,
+    0.95,
+    0.975,
+    1.0,
+)
+ALLOWLIST_GRID = (-0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 1.0)
+
+
+class Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[replay {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="recorded outcomes (JSONL, docs/outcomes-format.md)")
+    parser.add_argument("--policy", required=True, help="CascadePolicy YAML (manifest or bare spec)")
+    parser.add_argument("--out", required=True, help="directory for report.json and report.html")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, from: {', '.join(STRATEGIES)} (default: all)",
+    )
+    parser.add_argument(
+        "--benchmark", action="append", default=None, help="only rows of this benchmark (repeatable)"
+    )
+    parser.add_argument(
+        "--scenario", choices=("none", "drift"), default="none", help="also run this scenario"
+    )
+    parser.add_argument(
+        "--fit",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="fit calibration+thresholds on train: when the policy has none (auto), always, or never",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="objective when fitting thresholds (and the allowlist's): accuracy >= capable tier's minus this",
+    )
+    parser.add_argument(
+        "--shadow-rate", type=float, default=0.05, help="share of accepted cheaper answers re-asked"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    drift = parser.add_argument_group("drift scenario")
+    drift.add_argument(
+        "--drift-from", default="mmlu", help="benchmark before the shift (calibrated on its train)"
+    )
+    drift.add_argument("--drift-to", default="medmcqa", help="benchmark after the shift")
+    drift.add_argument("--shift-at", type=int, default=10_000, help="requests before the shift")
+    drift.add_argument("--horizon", type=int, default=100_000, help="requests after the shift")
+    drift.add_argument("--review-rate", type=float, default=0.005, help="human-review sample of all answers")
+    drift.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate per healthy stream")
+    drift.add_argument("--runs", type=int, default=20, help="drift replications")
+    drift.add_argument(
+        "--null-runs", type=int, default=200, help="healthy streams for the false-alarm calibration"
+    )
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _parse_strategies(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad or not names:
+        raise UserError(f"unknown strategies {bad or text!r}; choose from {', '.join(STRATEGIES)}")
+    if "capable-only" not in names:
+        names.insert(0, "capable-only")  # the baseline every saving is measured against
+    return names
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.shadow_rate <= 1.0:
+        raise UserError("--shadow-rate must lie in [0, 1]")
+    if not 0.0 < args.review_rate <= 1.0:
+        raise UserError("--review-rate must lie in (0, 1]")
+    if not 0.0 < args.alpha < 1.0:
+        raise UserError("--alpha must lie in (0, 1)")
+    for name in ("shift_at", "horizon", "runs", "null_runs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def fit_spec(
+    spec: CascadePolicySpec, train: Sequence[Row], mode: str, drop: float, progress: Progress, label: str
+) -> tuple[CascadePolicySpec, dict[str, Any]]:
+    if mode == "never" or (mode == "auto" and not needs_fit(spec)):
+        return spec, {"source": "policy file", "rows": 0}
+    if not train:
+        raise UserError(f"{label}: the policy needs fitting but there are no train rows")
+    progress(f"{label}: fitting calibration and thresholds on {len(train)} train rows")
+    cal = calibrate(spec, train, SelectionObjective(max_accuracy_drop=drop))
+    base = cal.baseline
+    return cal.spec, {
+        "source": "fitted on train",
+        "rows": len(train),
+        "objective": SelectionObjective(max_accuracy_drop=drop).describe(),
+        "train_accuracy": cal.chosen.accuracy,
+        "train_capable_accuracy": base.accuracy,
+        "train_savings": 1.0 - cal.chosen.cost / base.cost if base.cost else None,
+        "combinations_routed": len(cal.results),
+        "brier_raw": cal.brier_raw,
+        "brier_calibrated": cal.brier_calibrated,
+    }
+
+
+def policy_summary(spec: CascadePolicySpec) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": t.name,
+            "model": t.model,
+            "threshold": None if i == len(spec.tiers) - 1 else t.confidence.threshold,
+            "calibration": t.confidence.calibration,
+        }
+        for i, t in enumerate(spec.tiers)
+    ]
+
+
+def _interp(points: Sequence[dict[str, Any]], cost: float, key: str) -> float | None:
+    """``key`` at ``cost`` on the upper envelope of ``points`` (linear between neighbours)."""
+    pts = sorted((p["cost_per_query_usd"], p[key]) for p in points if p.get(key) is not None)
+    if not pts or cost < pts[0][0] or cost > pts[-1][0]:
+        return None
+    env: list[tuple[float, float]] = []
+    for c, v in pts:  # keep only points better than every cheaper one (a Pareto frontier)
+        if not env or v > env[-1][1]:
+            env.append((c, v))
+    best = env[0][1]
+    for (c0, v0), (c1, v1) in itertools.pairwise(env):
+        if c0 <= cost <= c1:
+            return v0 + (v1 - v0) * (cost - c0) / (c1 - c0) if c1 > c0 else max(v0, v1)
+        best = v1
+    return max(v for c, v in env if c <= cost) if env else best
+
+
+def evaluate_strategies(
+    spec: CascadePolicySpec,
+    train: Sequence[Row],
+    test: Sequence[Row],
+    names: Sequence[str],
+    args: argparse.Namespace,
+    progress: Progress,
+    *,
+    frontiers: bool = True,
+) -> dict[str, Any]:
+    n_t = len(spec.tiers)
+    cap = st.capable_only(spec, test)
+    cap_cost = sum(cap.cost) / len(test)
+
+    def m(r: st.Routing) -> dict[str, Any]:
+        return st.metrics(test, r, n_t, cap_cost)
+
+    def point(r: st.Routing) -> dict[str, Any]:
+        full = m(r)
+        keys = ("accuracy", "cost_per_query_usd", "savings_vs_capable", "long_tail_accuracy")
+        return {k: full[k] for k in keys} | {"shares": [p["share"] for p in full["per_tier"]]}
+
+    results: list[dict[str, Any]] = [m(cap)]
+    notes: list[str] = []
+    fr: dict[str, list[dict[str, Any]]] = {}
+    casc = st.cascade(spec, test)
+    casc_m = m(casc)
+    shares = [p["share"] for p in casc_m["per_tier"]]
+    equal_cost: dict[str, Any] | None = None
+    if "pre-route-classifier" in names:
+        progress(f"pre-route classifier: fitting TF-IDF + logistic regression on {len(train)} train rows")
+        routers: list[st.PreRouter] = [st.PreRouter(n_t).fit(train)]
+        encoder, why = st.load_embedding_encoder()
+        if encoder is None:
+            notes.append(why)
+        else:
+            progress("pre-route classifier: embedding k-NN variant")
+            routers.append(st.EmbeddingPreRouter(n_t, encoder).fit(train))
+        for router in routers:
+            suffix = "" if router.kind == "tfidf-logreg" else f" ({router.kind})"
+            scores = router.scores(test)
+            r = st.preroute_at_shares(scores, test, shares, f"pre-route-classifier{suffix}")
+            r.notes = {"model": router.kind, "matched": "per-tier shares of the cascade"}
+            results.append(m(r))
+            rc = st.preroute_at_cost(
+                scores, test, casc_m["cost_per_query_usd"], f"pre-route-classifier@cost{suffix}"
+            )
+            rc.notes = {"model": router.kind, "matched": "mean cost of the cascade", **rc.notes}
+            eq = m(rc)
+            results.append(eq)
+            if frontiers:
+                grid = sorted({i / 40 for i in range(41)})
+                fr[f"pre-route-classifier{suffix}"] = [
+                    point(st.preroute_at_threshold(scores, test, tau, "p")) | {"tau": tau} for tau in grid
+                ]
+            if router.kind == "tfidf-logreg":
+                equal_cost = {
+                    "cascade_cost": casc_m["cost_per_query_usd"],
+                    "pre_route_cost": eq["cost_per_query_usd"],
+                    "cascade_accuracy": casc_m["accuracy"],
+                    "pre_route_accuracy": eq["accuracy"],
+                    "accuracy_gap": casc_m["accuracy"] - eq["accuracy"],
+                    "cascade_long_tail": casc_m["long_tail_accuracy"],
+                    "pre_route_long_tail": eq["long_tail_accuracy"],
+                    "long_tail_gap": (
+                        casc_m["long_tail_accuracy"] - eq["long_tail_accuracy"]
+                        if casc_m["long_tail_accuracy"] is not None and eq["long_tail_accuracy"] is not None
+                        else None
+                    ),
+                }
+    if "allowlist" in names:
+        table = st.allowlist_table(train, n_t, args.max_accuracy_drop)
+        results.append(m(st.allowlist(spec, test, table, args.max_accuracy_drop)))
+        if frontiers:
+            fr["allowlist"] = [
+                point(st.allowlist(spec, test, st.allowlist_table(train, n_t, d), d))
+                | {"max_accuracy_drop": d}
+                for d in ALLOWLIST_GRID
+            ]
+    if "cascade" in names:
+        results.append(casc_m)
+    if "cascade+shadow" in names:
+        sh = st.with_shadow(casc, test, n_t, args.shadow_rate, args.seed)
+        results.append(m(sh))
+    if frontiers:
+        progress("frontiers: sweeping the cascade's thresholds")
+        fr["cascade"] = st.cascade_frontier(spec, test, THRESHOLD_GRID, point)
+        fr["single-tier"] = [
+            point(st.single_tier(spec, test, t)) | {"tier": spec.tiers[t].name} for t in range(n_t)
+        ]
+        if equal_cost is not None and "pre-route-classifier" in fr:
+            for key in ("accuracy", "long_tail_accuracy"):
+                equal_cost[f"pre_route_frontier_{key}_at_cascade_cost"] = _interp(
+                    fr["pre-route-classifier"], casc_m["cost_per_query_usd"], key
+                )
+    order = {n: i for i, n in enumerate(STRATEGIES)}
+    results.sort(key=lambda x: order.get(x["strategy"].split("@")[0].split(" ")[0], 99))
+    return {
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "strategies": results,
+        "frontiers": fr,
+        "equal_cost": equal_cost,
+        "notes": notes,
+    }
+
+
+def run_drift(
+    spec: CascadePolicySpec, ds: Dataset, args: argparse.Namespace, names: Sequence[str], progress: Progress
+) -> dict[str, Any]:
+    from .monitors import DriftConfig, Scenario
+
+    a, b = args.drift_from, args.drift_to
+    have = ds.benchmarks()
+    for bench in (a, b):
+        if bench not in have:
+            raise UserError(
+                f"drift scenario: no usable rows of benchmark {bench!r} (have: {', '.join(have) or 'none'})"
+            )
+    train_a = ds.select(split="train", benchmark=a)
+    test_a = ds.select(split="test", benchmark=a)
+    test_b = ds.select(split="test", benchmark=b)
+    if not test_a or not test_b:
+        raise UserError(f"drift scenario: need test rows of both {a!r} and {b!r}")
+    fitted, fit_info = fit_spec(spec, train_a, args.fit, args.max_accuracy_drop, progress, f"drift ({a})")
+    # Quality before and after the shift, per strategy (all fitted on A's train rows).
+    before = evaluate_strategies(fitted, train_a, test_a, names, args, progress, frontiers=False)
+    after = evaluate_strategies(fitted, train_a, test_b, names, args, progress, frontiers=False)
+    quality = []
+    for x, y in zip(before["strategies"], after["strategies"], strict=True):
+        quality.append(
+            {
+                "strategy": x["strategy"],
+                "accuracy_before": x["accuracy"],
+                "accuracy_after": y["accuracy"],
+                "drop": x["accuracy"] - y["accuracy"],
+                "cost_before": x["cost_per_query_usd"],
+                "cost_after": y["cost_per_query_usd"],
+            }
+        )
+    cfg = DriftConfig(
+        source=a,
+        target=b,
+        shift_at=args.shift_at,
+        horizon=args.horizon,
+        review_rate=args.review_rate,
+        shadow_rate=args.shadow_rate,
+        alpha=args.alpha,
+        null_runs=args.null_runs,
+        runs=args.runs,
+        seed=args.seed,
+    )
+    progress(f"drift {a} -> {b}: calibrating monitor thresholds on {cfg.null_runs} healthy streams")
+    scen = Scenario(fitted, test_a, test_b, train_a, cfg)
+    scen.calibrate(progress=not args.quiet)
+    progress(f"drift {a} -> {b}: {cfg.runs} runs")
+    mon = scen.run(progress=False)
+    return {"fit": fit_info, "policy": policy_summary(fitted), "quality": quality, **mon}
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = Progress(args.quiet)
+    names = _parse_strategies(args.strategies)
+    _validate(args)
+    policy_name, spec = load_policy_spec(args.policy)
+    wanted = None
+    if args.benchmark:
+        wanted = list(args.benchmark)
+        if args.scenario == "drift":
+            wanted += [args.drift_from, args.drift_to]
+    progress(f"loading {args.data}")
+    ds = load_dataset(args.data, spec, strict=args.strict, benchmarks=wanted)
+    warn_skipped(ds, "tierguard replay")
+    progress(
+        f"{len(ds.rows)} usable rows of {ds.total_records} "
+        f"({len(ds.malformed)} malformed lines, {sum(ds.skipped.values())} rows skipped)"
+    )
+    main_rows = [r for r in ds.rows if not args.benchmark or r.benchmark in args.benchmark]
+    train = [r for r in main_rows if r.split == "train"]
+    test = [r for r in main_rows if r.split == "test"]
+    if not test:
+        have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
+        raise UserError(f"no usable test rows to report on (rows available: {', '.join(have) or 'none'})")
+    fitted, fit_info = fit_spec(spec, train, args.fit, args.max_accuracy_drop, progress, "policy")
+    if fit_info["source"] == "fitted on train":
+        fit_info["test_check"] = evaluate(fitted, test).__dict__
+    if ("pre-route-classifier" in names or "allowlist" in names) and not train:
+        raise UserError("pre-route-classifier and allowlist need train rows; leave them out of --strategies")
+    progress(f"strategies on {len(test)} test rows: {', '.join(names)}")
+    main_eval = evaluate_strategies(fitted, train, test, names, args, progress)
+    report: dict[str, Any] = {
+        "tool": "tierguard replay",
+        "version": __version__,
+        "policy_name": policy_name,
+        "policy_file": args.policy,
+        "benchmarks": sorted({r.benchmark or "-" for r in main_rows}),
+        "data": ds.summary(),
+        "fit": fit_info,
+        "policy": policy_summary(fitted),
+        **main_eval,
+        "drift": None,
+    }
+    if args.scenario == "drift":
+        report["drift"] = run_drift(spec, ds, args, names, progress)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create directory: {err.strerror}") from None
+    report["elapsed_seconds"] = round(time.perf_counter() - progress.t0, 2)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    from .report_html import render
+
+    (out / "report.html").write_text(render(report))
+    progress(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    print(text_summary(report))
+    return 0
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.3e}"
+
+
+def text_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'strategy':<44}{'accuracy':>9}{'long tail':>10}{'$/query':>11}{'savings':>9}{'escalated':>10}",
+    ]
+    for s in report["strategies"]:
+        lines.append(
+            f"{s['strategy']:<44}{_fmt(s['accuracy']):>9}{_fmt(s['long_tail_accuracy']):>10}"
+            f"{_fmt(s['cost_per_query_usd'], False):>11}{_fmt(s['savings_vs_capable']):>9}"
+            f"{_fmt(s['escalation_rate']):>10}"
+        )
+    eq = report.get("equal_cost")
+    if eq:
+        lines.append(
+            f"at equal cost: cascade - pre-route = {eq['accuracy_gap'] * 100:+.1f} points overall, "
+            + (
+                f"{eq['long_tail_gap'] * 100:+.1f} on the long tail"
+                if eq["long_tail_gap"] is not None
+                else ""
+            )
+        )
+    d = report.get("drift")
+    if d:
+        lines.append(
+            f"drift {d['config']['source']} -> {d['config']['target']} at request {d['config']['shift_at']}:"
+        )
+        for mo in d["monitors"]:
+            md = mo["median_delay"]
+        sp = mo["speedup_vs_aggregate"]
+        fired = "not fired" if md is None else str(int(md))
+        lines.append(
+            f"  {mo['name']:<28} median requests to fire: {fired:>10}"
+            f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
+        )
+    for n in report.get("notes", []):
+        lines.append(f"note: {n}")
+    return "\n".join(lines)

@@ -1,0 +1,535 @@
+"""The replay report as one self-contained HTML file: tables and inline SVG plots, no scripts, no CDN."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:24px auto;
+max-width:1100px;color:#222;line-height:1.4;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.25em;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
+td.l,th.l{text-align:left}.muted{color:#666;font-size:.9em}.good{color:#1a7f37}.bad{color:#b42318}
+.charts{display:flex;flex-wrap:wrap;gap:16px}svg{background:#fff;border:1px solid #e5e5e5}
+code{background:#f5f5f5;padding:1px 4px}
+"""
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[tuple[float, float]]
+    color: str
+    line: bool = True
+    labels: list[str] = field(default_factory=list)
+
+
+DASH = "\u2013"
+
+
+def _title(title: str, width: int) -> str:
+    return (
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14" font-weight="600">'
+        f"{escape(title)}</text>"
+    )
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    ticks = []
+    v = start
+    while v <= hi + 1e-12:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
+
+
+def _fmt_tick(v: float, pct: bool) -> str:
+    if pct:
+        return f"{v * 100:.0f}%"
+    if v == 0:
+        return "0"
+    if abs(v) < 0.01 or abs(v) >= 1e5:
+        return f"{v:.1e}"
+    return f"{v:g}"
+
+
+def scatter_chart(
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 520,
+    height: int = 360,
+    x_pct: bool = False,
+    y_pct: bool = True,
+    log_x: bool = False,
+) -> str:
+    """An SVG chart of lines and/or markers with axes, ticks and a legend."""
+    pts = [p for s in series for p in s.points if all(math.isfinite(c) for c in p)]
+    if not pts:
+        return (
+            f'<svg width="{width}" height="60" role="img">'
+            f'<text x="10" y="35">{escape(title)}: no data</text></svg>'
+        )
+
+    def tx(v: float) -> float:
+        return math.log10(max(v, 1e-12)) if log_x else v
+
+    xs = [tx(p[0]) for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad_x = (x1 - x0) * 0.05 or 0.5
+    pad_y = (y1 - y0) * 0.08 or 0.05
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    left, right, top, bottom = 64, 16, 30, 48
+    legend_h = 16 * len(series)
+    h_plot = height - top - bottom
+    w_plot = width - left - right
+
+    def sx(v: float) -> float:
+        return left + (tx(v) - x0) / (x1 - x0) * w_plot
+
+    def sy(v: float) -> float:
+        return top + (1 - (v - y0) / (y1 - y0)) * h_plot
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + legend_h}" '
+        f'role="img" aria-label="{escape(title)}">',
+        _title(title, width),
+        f'<rect x="{left}" y="{top}" width="{w_plot}" height="{h_plot}" fill="none" stroke="#999"/>',
+    ]
+    for t in _nice_ticks(y0, y1):
+        y = sy(t)
+        out.append(f'<line x1="{left}" x2="{left + w_plot}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{_fmt_tick(t, y_pct)}</text>"
+        )
+    if log_x:
+        xticks = [10.0**e for e in range(math.floor(x0), math.ceil(x1) + 1) if x0 <= e <= x1]
+    else:
+        xticks = _nice_ticks(x0, x1)
+    for t in xticks:
+        x = sx(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + h_plot}" stroke="#f0f0f0"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{top + h_plot + 16}" text-anchor="middle" font-size="11">'
+            f"{_fmt_tick(t, x_pct)}</text>"
+        )
+    out.append(
+        f'<text x="{left + w_plot / 2}" y="{top + h_plot + 36}" text-anchor="middle" font-size="12">'
+        f"{escape(x_label)}</text>"
+    )
+    out.append(
+        f'<text transform="translate(16,{top + h_plot / 2}) rotate(-90)" text-anchor="middle" font-size="12">'
+        f"{escape(y_label)}</text>"
+    )
+    for s in series:
+        good = [p for p in s.points if all(math.isfinite(c) for c in p)]
+        if s.line and len(good) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(good))
+            out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="2"/>')
+        r = 3 if s.line else 6
+        for i, (x, y) in enumerate(good):
+            tip = escape(s.labels[i] if i < len(s.labels) else s.name)
+            out.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{s.color}" stroke="#fff">'
+                f"<title>{tip}</title></circle>"
+            )
+    for i, s in enumerate(series):
+        y = height + 12 + 16 * i - 8
+        mark = (
+            f'<line x1="{left}" x2="{left + 18}" y1="{y}" y2="{y}" stroke="{s.color}" stroke-width="2"/>'
+            if s.line
+            else f'<circle cx="{left + 9}" cy="{y}" r="5" fill="{s.color}"/>'
+        )
+        out.append(mark + f'<text x="{left + 24}" y="{y + 4}" font-size="11">{escape(s.name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def bar_chart(
+    labels: Sequence[str],
+    groups: Sequence[tuple[str, Sequence[float | None]]],
+    *,
+    title: str,
+    pct: bool = True,
+    log: bool = False,
+    width: int = 520,
+    value_fmt: str = "{:.1%}",
+) -> str:
+    """Horizontal grouped bars: one row per label, one bar per group."""
+    row_h = 14 * len(groups) + 10
+    left, top = 210, 30
+    height = top + row_h * len(labels) + 24 + 16 * len(groups)
+    vals = [v for _, vs in groups for v in vs if v is not None and v > 0]
+    vmax = max(vals) if vals else 1.0
+    vmin = min(vals) if vals else 1.0
+    w_plot = width - left - 70
+
+    def sw(v: float) -> float:
+        if log:
+            lo = math.log10(max(vmin / 2, 1e-9))
+            return max(2.0, (math.log10(v) - lo) / (math.log10(vmax) - lo + 1e-12) * w_plot)
+        return max(1.0, v / vmax * w_plot)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">',
+        _title(title, width),
+    ]
+    for i, lab in enumerate(labels):
+        y = top + i * row_h
+        out.append(
+            f'<text x="{left - 6}" y="{y + row_h / 2 + 2}" text-anchor="end" font-size="11">'
+            f"{escape(lab)}</text>"
+        )
+        for g, (_, vs) in enumerate(groups):
+            v = vs[i]
+            yy = y + 4 + g * 14
+            color = PALETTE[g % len(PALETTE)]
+            if v is None:
+                out.append(f'<text x="{left + 4}" y="{yy + 10}" font-size="10" fill="#888">n/a</text>')
+                continue
+            w = sw(v) if v > 0 else 1.0
+            out.append(f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="12" fill="{color}"/>')
+            out.append(
+                f'<text x="{left + w + 4:.1f}" y="{yy + 10}" font-size="10">{value_fmt.format(v)}</text>'
+            )
+    ly = top + row_h * len(labels) + 8
+    for g, (name, _) in enumerate(groups):
+        color = PALETTE[g % len(PALETTE)]
+        out.append(f'<rect x="{left}" y="{ly + 16 * g}" width="12" height="10" fill="{color}"/>')
+        out.append(f'<text x="{left + 18}" y="{ly + 16 * g + 9}" font-size="11">{escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def _p(v: Any, digits: int = 1) -> str:
+    return DASH if v is None else f"{v * 100:.{digits}f}%"
+
+
+def _usd(v: Any) -> str:
+    return DASH if v is None else f"${v:.3e}"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left_cols: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left_cols else ""}">{escape(h)}</th>' for i, h in enumerate(head))
+    body = []
+    for r in rows:
+        tds = "".join(f'<td class="{"l" if i < left_cols else ""}">{c}</td>' for i, c in enumerate(r))
+        body.append(f"<tr>{tds}</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def strategies_table(report: dict[str, Any]) -> str:
+    tiers = [t["name"] for t in report["policy"]]
+    head = ["strategy", "accuracy", "long tail (worst 10% categories)", "$ / query", "savings vs capable"]
+    head += ["escalation rate", "calls / query"]
+    head += [f"{t}: share / accuracy" for t in tiers]
+    rows = []
+    for s in report["strategies"]:
+        cells = [
+            escape(s["strategy"]),
+            _p(s["accuracy"]),
+            _p(s["long_tail_accuracy"]),
+            _usd(s["cost_per_query_usd"]),
+            _p(s["savings_vs_capable"]),
+            _p(s["escalation_rate"]),
+            f"{s['calls_per_query']:.2f}",
+        ]
+        cells += [f"{_p(pt['share'])} / {_p(pt['accuracy'])}" for pt in s["per_tier"]]
+        rows.append(cells)
+    return _table(head, rows)
+
+
+def _frontier_chart(report: dict[str, Any]) -> str:
+    fr = report.get("frontiers") or {}
+    series: list[Series] = []
+    colors = iter(PALETTE)
+    for name, pts in fr.items():
+        if name == "single-tier":
+            continue
+        key = (
+            "threshold"
+            if name == "cascade"
+            else ("tau" if "tau" in (pts[0] if pts else {}) else "max_accuracy_drop")
+        )
+        series.append(
+            Series(
+                f"{name} (swept)",
+                [(p["cost_per_query_usd"], p["accuracy"]) for p in pts],
+                next(colors),
+                labels=[
+                    f"{name} {key}={p.get(key)}: {p['accuracy']:.3f} @ ${p['cost_per_query_usd']:.2e}"
+                    for p in pts
+                ],
+            )
+        )
+    if "single-tier" in fr:
+        series.append(
+            Series(
+                "single tiers",
+                [(p["cost_per_query_usd"], p["accuracy"]) for p in fr["single-tier"]],
+                "#444",
+                line=False,
+                labels=[f"{p['tier']}" for p in fr["single-tier"]],
+            )
+        )
+    ops = [
+        s for s in report["strategies"] if s["strategy"] in ("cascade", "pre-route-classifier", "allowlist")
+    ]
+    if ops:
+        series.append(
+            Series(
+                "operating points (cascade, pre-route, allowlist)",
+                [(s["cost_per_query_usd"], s["accuracy"]) for s in ops],
+                "#000",
+                line=False,
+                labels=[s["strategy"] for s in ops],
+            )
+        )
+    return scatter_chart(
+        series,
+        title="Cost-quality frontier (test split)",
+        x_label="mean cost per query (USD)",
+        y_label="accuracy",
+        width=640,
+        height=400,
+    )
+
+
+def _calibration_chart(report: dict[str, Any]) -> str:
+    series = []
+    for i, t in enumerate(report["policy"]):
+        pts = t.get("calibration") or []
+        if pts:
+            series.append(Series(f"{t['name']} ({t['model']})", [(p[0], p[1]) for p in pts], PALETTE[i % 8]))
+    series.append(Series("identity", [(0.0, 0.0), (1.0, 1.0)], "#bbb"))
+    return scatter_chart(
+        series,
+        title="Calibration maps (fitted on train)",
+        x_label="raw confidence",
+        y_label="P(correct)",
+        width=420,
+        height=360,
+        x_pct=True,
+    )
+
+
+def _drift_section(d: dict[str, Any]) -> str:
+    cfg = d["config"]
+    parts = [
+        "<h2>Scenario: drift</h2>",
+        f"<p>Traffic from <b>{escape(cfg['source'])}</b> (the policy is calibrated on its train split) for "
+        f"{cfg['shift_at']:,} requests, then from <b>{escape(cfg['target'])}</b> "
+        f"for {cfg['horizon']:,} requests (rows drawn with replacement from each benchmark's test split; "
+        f"{cfg['runs']} runs). Alarm thresholds are "
+        f"calibrated on {cfg['null_runs']} healthy streams of {cfg['shift_at'] + cfg['horizon']:,} pre-shift "
+        f"requests for a false-alarm rate of {cfg['alpha']:.0%} per stream. "
+        "Event monitors: Bernoulli CUSUM for a "
+        f"rise of {cfg['delta'] * 100:.0f} points over the pre-shift rate. Human review samples "
+        f"{cfg['review_rate']:.1%} of all answers (aggregate) "
+        "or the same budget spread over the cheaper tiers' "
+        f"accepted answers (per tier, {d['tier_review_rate']:.2%} of them); "
+        "shadow scoring re-asks the last tier "
+        f"on {cfg['shadow_rate']:.0%} of accepted cheaper answers.</p>",
+        "<h3>Quality before and after the shift</h3>",
+        _table(
+            ["strategy", "accuracy before", "accuracy after", "drop (points)", "$ / query before", "after"],
+            [
+                [
+                    escape(q["strategy"]),
+                    _p(q["accuracy_before"]),
+                    _p(q["accuracy_after"]),
+                    f"{q['drop'] * 100:.1f}",
+                    _usd(q["cost_before"]),
+                    _usd(q["cost_after"]),
+                ]
+                for q in d["quality"]
+            ],
+        ),
+        "<h3>Requests after the shift until each monitor fires</h3>",
+    ]
+    rows = []
+    for m in d["monitors"]:
+        md = m["median_delay"]
+        rows.append(
+            [
+                escape(m["name"]),
+                DASH if m["sample_rate"] is None else _p(m["sample_rate"], 2),
+                DASH if m["p0"] is None else f"{m['p0']:.3f} → {m['p1']:.3f}",
+                f"{m['threshold']:.3g}",
+                "not fired" if md is None else f"{int(md):,}",
+                DASH if m["p10_delay"] is None else f"{int(m['p10_delay']):,}",
+                DASH if m["p90_delay"] is None else f"{int(m['p90_delay']):,}",
+                f"{m['not_fired']}/{len(m['delays'])}",
+                f"{m['false_alarms_before_shift']}/{len(m['delays'])}",
+                DASH if m["speedup_vs_aggregate"] is None else f"{m['speedup_vs_aggregate']:.1f}x",
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "monitor",
+                "sample rate",
+                "baseline → watched rate",
+                "alarm threshold",
+                "median requests to fire",
+                "p10",
+                "p90",
+                "not fired",
+                "false alarms pre-shift",
+                "speed-up vs aggregate",
+            ],
+            rows,
+        )
+    )
+    labels = [m["name"] for m in d["monitors"]]
+    vals = [m["median_delay"] for m in d["monitors"]]
+    parts.append(
+        bar_chart(
+            labels,
+            [("median requests after the shift until the alarm (log scale)", vals)],
+            title="Time to detect the shift",
+            log=True,
+            width=640,
+            value_fmt="{:,.0f}",
+        )
+    )
+    return "".join(parts)
+
+
+def render(report: dict[str, Any]) -> str:
+    data = report["data"]
+    fit = report["fit"]
+    title = f"tierguard replay: {report['policy_name']}"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p class='muted'>tierguard {escape(report['version'])} · "
+        f"data <code>{escape(data['path'])}</code> · "
+        f"benchmarks {escape(', '.join(report['benchmarks']))} · "
+        f"policy <code>{escape(report['policy_file'])}</code> · "
+        f"fitted on train ({report['train_rows']} rows), reported on test ({report['test_rows']} rows)</p>",
+        f"<p>Rows: {data['records']:,} records read, {data['rows_used']:,} usable, "
+        f"<b>{data['malformed_lines']}</b> malformed lines skipped, "
+        f"<b>{data['skipped_rows']}</b> rows skipped"
+        + (
+            " (" + escape("; ".join(f"{k}: {v}" for k, v in data["skipped_reasons"].items())) + ")"
+            if data["skipped_reasons"]
+            else ""
+        )
+        + ".</p>",
+    ]
+    if data["malformed_examples"]:
+        parts.append(
+            "<ul>"
+            + "".join(f"<li><code>{escape(e)}</code></li>" for e in data["malformed_examples"])
+            + "</ul>"
+        )
+    parts.append("<h2>Strategies (test split)</h2>")
+    parts.append(strategies_table(report))
+    eq = report.get("equal_cost")
+    if eq:
+        gap_cls = "good" if eq["accuracy_gap"] > 0 else "bad"
+        tail = (
+            f", long tail <b class='{'good' if eq['long_tail_gap'] > 0 else 'bad'}'>"
+            f"{eq['long_tail_gap'] * 100:+.1f} points</b>"
+            if eq["long_tail_gap"] is not None
+            else ""
+        )
+        parts.append(
+            f"<p>At equal cost ({_usd(eq['cascade_cost'])} vs {_usd(eq['pre_route_cost'])} per query), "
+            "the cascade minus the pre-route classifier: overall "
+            f"<b class='{gap_cls}'>{eq['accuracy_gap'] * 100:+.1f} points</b>"
+            f"{tail}.</p>"
+        )
+    labels = [s["strategy"] for s in report["strategies"]]
+    parts.append("<div class='charts'>")
+    parts.append(_frontier_chart(report))
+    parts.append(
+        bar_chart(
+            labels,
+            [
+                ("overall accuracy", [s["accuracy"] for s in report["strategies"]]),
+                ("long-tail accuracy", [s["long_tail_accuracy"] for s in report["strategies"]]),
+                ("savings vs capable-only", [s["savings_vs_capable"] for s in report["strategies"]]),
+            ],
+            title="Accuracy and savings per strategy",
+            width=640,
+        )
+    )
+    parts.append(_calibration_chart(report))
+    parts.append("</div>")
+    parts.append("<h2>Policy</h2>")
+    parts.append(
+        f"<p>Thresholds and calibration: {escape(fit['source'])}"
+        + (
+            f" ({fit['rows']} rows; objective: {escape(fit['objective'])}; train accuracy "
+            f"{_p(fit['train_accuracy'])} vs capable {_p(fit['train_capable_accuracy'])}, train savings "
+            f"{_p(fit['train_savings'])})"
+            if fit["source"] == "fitted on train"
+            else ""
+        )
+        + ".</p>"
+    )
+    parts.append(
+        _table(
+            ["tier", "model", "threshold", "calibration points"],
+            [
+                [
+                    escape(t["name"]),
+                    escape(t["model"]),
+                    "always answers" if t["threshold"] is None else f"{t['threshold']:.4f}",
+                    str(len(t["calibration"] or [])),
+                ]
+                for t in report["policy"]
+            ],
+            left_cols=2,
+        )
+    )
+    shadow = next((s for s in report["strategies"] if s["strategy"] == "cascade+shadow"), None)
+    if shadow:
+        n = shadow["notes"]
+        parts.append(
+            "<p>Shadow scoring ("
+            + _p(n["shadow_rate"], 0)
+            + " of accepted cheaper answers re-asked to the last tier): disagreement "
+            + ", ".join(
+                f"{escape(report['policy'][i]['name'])} {_p(v)} of {c}"
+                for i, (v, c) in enumerate(zip(n["shadow_disagreement"], n["shadow_samples"], strict=True))
+            )
+            + ".</p>"
+        )
+    if report.get("drift"):
+        parts.append(_drift_section(report["drift"]))
+    for note in report.get("notes", []):
+        parts.append(f"<p class='muted'>Note: {escape(note)}</p>")
+    parts.append(
+        "<p class='muted'>Long tail: the pooled accuracy over the worst 10% of categories "
+        "(with at least 5 test rows) by each strategy's own accuracy. "
+        "Cost: the recorded cost of every model call made (a cascade pays for each "
+        "tier it tried; shadow calls are included).</p>"
+    )
+    parts.append(f"<p class='muted'>Generated in {report.get('elapsed_seconds', 0)} s.</p></body></html>")
+    return "\n".join(parts)
