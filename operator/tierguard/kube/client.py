@@ -96,10 +96,8 @@ class KubeApi:
         query: dict[str, str] | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
-        data: bytes | None = None
         if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
+            headers["Content-Type"] = content_type  # JSON (or YAML's JSON subset): serialised by the client
         full = path + ("?" + urlencode(query) if query else "")
         _, url, headers, _, _ = self.api_client.param_serialize(
             method=method, resource_path=full, header_params=headers, auth_settings=["BearerToken"]
@@ -107,7 +105,7 @@ class KubeApi:
         with self._lock:
             self.calls[f"{method} {_kind_of(path)}"] += 1
         try:
-            resp = self.api_client.call_api(method, url, header_params=headers, body=data,
+            resp = self.api_client.call_api(method, url, header_params=headers, body=body,
                                             _request_timeout=self.timeout)  # fmt: skip
             payload = resp.read()
         except Exception as err:  # urllib3 connection errors and the like
@@ -167,10 +165,11 @@ class KubeApi:
 
 
 def _kind_of(path: str) -> str:
+    """``/apis/g/v/namespaces/ns/plural/name/status`` -> ``plural/status`` (for call counts)."""
     parts = [p for p in path.split("?")[0].split("/") if p]
-    if "namespaces" in parts:
-        i = parts.index("namespaces")
-        rest = parts[i + 2 :]
-        if rest:
-            return "/".join([rest[0], *rest[2:]]) if len(rest) > 2 else rest[0]
-    return "/".join(parts[:3])
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return "/".join(parts) or "/"
+    return "/".join([rest[0], *rest[2:3]])

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if action not in ACTIONS:
         raise UserError(f"unknown action {action!r}")
     before = _get(api, ns, args.name)
+    requested = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     patch = {"metadata": {"annotations": {ACTION_ANNOTATION: action}}}
     try:
         api.merge_patch(policy_path(ns, args.name), patch)
@@ -106,15 +107,39 @@ def run(args: argparse.Namespace) -> int:
         return 0
     previous = ((before.get("status") or {}).get("lastAction") or {}).get("time")
     deadline = time.monotonic() + args.wait
+    handled = False
     while time.monotonic() < deadline:
         obj = _get(api, ns, args.name)
         annotations = obj.get("metadata", {}).get("annotations") or {}
         last = (obj.get("status") or {}).get("lastAction") or {}
-        if ACTION_ANNOTATION not in annotations and last.get("time") != previous:
-            print(format_status(obj))
-            return 0 if last.get("accepted", True) else 1
+        if ACTION_ANNOTATION not in annotations:
+            if last.get("time") != previous:
+                print(format_status(obj))
+                return 0
+            # the operator removes the annotation before it writes the status: look twice
+            event = _newest_event(api, ns, obj, requested) if handled else None
+            handled = True
+            if event is not None:  # handled without a change (rejected, or nothing to do)
+                if event.get("type") == "Warning":
+                    raise UserError(f"the operator rejected {action}: {event.get('message', '')}")
+                print(f"{event.get('reason')}: {event.get('message', '')}")
+                return 0
         time.sleep(0.5)
     raise UserError(f"the operator did not act on {action} within {args.wait:g}s (is it running?)")
+
+
+def _newest_event(api: KubeApi, ns: str, obj: dict[str, Any], since: str) -> dict[str, Any] | None:
+    """The newest event about ``obj`` since ``since`` (an RFC 3339 second), if any."""
+    uid = obj["metadata"]["uid"]
+    try:
+        events = api.get(f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.uid%3D{uid}")
+    except KubeError:
+        return None
+    items = sorted(
+        (e for e in events.get("items", []) if (e.get("lastTimestamp") or "") >= since),
+        key=lambda e: (e.get("lastTimestamp") or "", e["metadata"].get("resourceVersion", "")),
+    )
+    return dict(items[-1]) if items else None
 
 
 def _status(api: KubeApi, ns: str, args: argparse.Namespace) -> int:
@@ -175,7 +200,7 @@ def format_table(objs: list[dict[str, Any]]) -> str:
                 o["metadata"]["name"],
                 str(st.get("phase", "-")),
                 str(st.get("canaryWeight", "-")),
-                str(st.get("currentStep", "-")),
+                _step(o),
                 str(st.get("stableRevision", "-")),
                 str(st.get("canaryRevision") or "-"),
                 str(ready.get("status", "-")),
@@ -184,6 +209,16 @@ def format_table(objs: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _step(obj: dict[str, Any]) -> str:
+    """``2/5`` (1-based, of the spec's steps)."""
+    st = obj.get("status") or {}
+    if "currentStep" not in st or st.get("phase") in (None, "Pending", "Invalid"):
+        return "-"
+    steps = ((obj.get("spec") or {}).get("rollout") or {}).get("steps")
+    n = len(steps) if isinstance(steps, list) else 5  # the default steps
+    return f"{int(st['currentStep']) + 1}/{n}"
 
 
 def format_status(obj: dict[str, Any]) -> str:
@@ -196,15 +231,14 @@ def format_status(obj: dict[str, Any]) -> str:
         f"  stable:         {st.get('stableRevision', '-')}",
         f"  canary:         {st.get('canaryRevision') or '-'}",
         f"  canary weight:  {st.get('canaryWeight', '-')}%",
-        f"  step:           {st.get('currentStep', '-')}",
+        f"  step:           {_step(obj)}",
         f"  failed checks:  {st.get('failedChecks', 0)}",
     ]
     if st.get("configHash"):
         lines.append(f"  config hash:    {st['configHash']}")
     last = st.get("lastAction")
     if last:
-        what = f"{last.get('action')} at {last.get('time')}"
-        lines.append(f"  last action:    {what}: {last.get('message', '')}")
+        lines.append(f"  last action:    {last.get('action')} at {last.get('time')}")
     conds = st.get("conditions") or []
     if conds:
         lines.append("  conditions:")
@@ -213,7 +247,9 @@ def format_status(obj: dict[str, Any]) -> str:
     analysis = st.get("lastAnalysis") or {}
     checks = analysis.get("checks") or []
     if analysis:
-        lines.append(f"  last analysis:  {analysis.get('time', '-')} -> {analysis.get('outcome', '-')}")
+        lines.append(f"  last analysis:  {analysis.get('time', '-')} -> {analysis.get('result', '-')}")
+        if analysis.get("message"):
+            lines.append(f"                  {analysis['message']}")
         for ch in checks:
             lines.append(
                 "    {slo}/{objective} tier={tier} revision={revision}: "
