@@ -452,3 +452,18 @@ def test_bad_policy_file_fails_cleanly(tmp_path):
     )
     assert r.returncode == 2
     assert "invalid CascadePolicy spec" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prompt_logging_only_when_enabled(sims, tmp_path):
+    log = tmp_path / "d.jsonl"
+    cfg = {
+        "kind": "ProxyConfig",
+        "policy": "unit",
+        "stable": {"name": "r1", "cascade": cascade(sims)},
+        "settings": {"decisionLog": str(log), "logPrompts": True},
+    }
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    with start_proxy(f) as p:
+        post(p, chat("easy question"))
+        assert read_log(log)[-1]["messages"] == [{"role": "user", "content": "easy question"}]

@@ -285,7 +285,7 @@ class ProxyApp:
                     return await self._stream(request, body, rt, outcome)
                 return await self._complete(body, rt, outcome)
             finally:
-                self._record(rt, outcome, time.perf_counter() - start, bool(body.get("stream")))
+                self._record(rt, outcome, time.perf_counter() - start, body)
         finally:
             gauge.dec()
 
@@ -538,7 +538,7 @@ class ProxyApp:
 
     # --- recording -----------------------------------------------------------------------------
 
-    def _record(self, rt: Runtime, outcome: Outcome, latency_s: float, stream: bool) -> None:
+    def _record(self, rt: Runtime, outcome: Outcome, latency_s: float, body: dict[str, Any]) -> None:
         m = self.metrics
         policy = m.policy
         rev = outcome.revision.name
@@ -578,25 +578,26 @@ class ProxyApp:
             capable = outcome.revision.clients[-1].tier
             last_out = outcome.attempts[-1].tokens_out
             m.counterfactual.labels(policy, rev).inc(capable.cost_usd(tokens_in_first, last_out))
-        self.decision_log.write(
-            {
-                "event": "request",
-                "ts": time.time(),
-                "id": outcome.response_id or None,
-                "policy": policy,
-                "revision": rev,
-                "config_hash": rt.config_hash,
-                "stream": stream,
-                "answered_by": answered_tier,
-                "reason": outcome.attempts[-1].judgement.reason
-                if outcome.attempts and outcome.attempts[-1].judgement
-                else None,
-                "status": status,
-                "latency_ms": round(latency_s * 1000, 2),
-                "cost_usd": total_cost,
-                "tiers": [a.as_log() for a in outcome.attempts],
-            }
-        )
+        entry: dict[str, Any] = {
+            "event": "request",
+            "ts": time.time(),
+            "id": outcome.response_id or None,
+            "policy": policy,
+            "revision": rev,
+            "config_hash": rt.config_hash,
+            "stream": bool(body.get("stream")),
+            "answered_by": answered_tier,
+            "reason": outcome.attempts[-1].judgement.reason
+            if outcome.attempts and outcome.attempts[-1].judgement
+            else None,
+            "status": status,
+            "latency_ms": round(latency_s * 1000, 2),
+            "cost_usd": total_cost,
+            "tiers": [a.as_log() for a in outcome.attempts],
+        }
+        if rt.config.settings.log_prompts:  # off unless explicitly enabled
+            entry["messages"] = body.get("messages")
+        self.decision_log.write(entry)
 
 
 def _message_text(body: dict[str, Any]) -> str:
