@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import yaml
@@ -38,6 +39,9 @@ from .replay.data import Row, load_dataset, warn_skipped
 MAX_POINTS = 20
 MIN_BLOCK = 10
 EXHAUSTIVE_LIMIT = 4000
+# Training sets are small (hundreds of rows): the accuracy constraint is checked on a one-sided
+# confidence bound of the paired accuracy gap, not on the point estimate alone.
+DEFAULT_CONFIDENCE = 0.9
 
 
 # --- isotonic calibration ----------------------------------------------------------------------
@@ -189,6 +193,7 @@ class Evaluation:
     accuracy: float
     cost: float  # mean USD per query, every tier called paid for
     shares: tuple[float, ...]  # fraction answered by each tier
+    gap_se: float = 0.0  # standard error of (accuracy - last tier's accuracy), paired over rows
 
 
 def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
@@ -199,16 +204,25 @@ def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
     answered = [0] * len(spec.tiers)
     correct = 0
     cost = 0.0
+    d_sum = 0
+    d_sq = 0
     for r in rows:
         rt = route(spec, r.raw)
         answered[rt.answered_by] += 1
-        correct += r.correct[rt.answered_by]
+        ok = r.correct[rt.answered_by]
+        correct += ok
         cost += sum(r.cost[: rt.answered_by + 1])
+        d = int(ok) - int(r.correct[-1])
+        d_sum += d
+        d_sq += d * d
+    mean_d = d_sum / n
+    var_d = max(0.0, d_sq / n - mean_d * mean_d) * n / max(1, n - 1)
     return Evaluation(
         thresholds=tuple(t.confidence.threshold for t in spec.tiers),
         accuracy=correct / n,
         cost=cost / n,
         shares=tuple(a / n for a in answered),
+        gap_se=math.sqrt(var_d / n),
     )
 
 
@@ -216,11 +230,20 @@ def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
 class SelectionObjective:
     max_accuracy_drop: float | None = 0.01
     target_cost: float | None = None  # fraction of the capable tier's cost
+    # One-sided confidence that the accuracy constraint holds: the paired lower bound
+    # (accuracy gap - z * standard error) must stay above -max_accuracy_drop. 0.5 or less: the
+    # point estimate alone.
+    confidence: float = DEFAULT_CONFIDENCE
+
+    @property
+    def z(self) -> float:
+        return NormalDist().inv_cdf(self.confidence) if self.confidence > 0.5 else 0.0
 
     def describe(self) -> str:
         if self.target_cost is not None:
             return f"highest accuracy at cost <= {self.target_cost:g} x capable tier"
-        return f"largest savings at accuracy >= capable tier - {self.max_accuracy_drop:g}"
+        bound = f" (one-sided {self.confidence:.0%} bound)" if self.z > 0 else " (point estimate)"
+        return f"largest savings at accuracy >= capable tier - {self.max_accuracy_drop:g}{bound}"
 
 
 @dataclass(frozen=True)
@@ -243,7 +266,7 @@ def _rank(ev: Evaluation, base: Baseline, obj: SelectionObjective) -> tuple[floa
         feasible = ev.cost <= obj.target_cost * base.cost + 1e-15
         return (float(feasible), ev.accuracy if feasible else -ev.cost, -ev.cost, conservative)
     drop = obj.max_accuracy_drop if obj.max_accuracy_drop is not None else 0.0
-    feasible = ev.accuracy >= base.accuracy - drop - 1e-12
+    feasible = ev.accuracy - obj.z * ev.gap_se >= base.accuracy - drop - 1e-12
     return (float(feasible), -ev.cost if feasible else ev.accuracy, ev.accuracy, conservative)
 
 
@@ -365,6 +388,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     goal.add_argument(
         "--target-cost", type=float, default=None, help="maximise accuracy at cost <= this x capable tier's"
     )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help="one-sided confidence for the accuracy constraint (paired bound on the train rows); "
+        f"0.5 or less: point estimate (default {DEFAULT_CONFIDENCE})",
+    )
     parser.add_argument("--max-points", type=int, default=MAX_POINTS, help="calibration points per tier")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
@@ -429,7 +459,10 @@ def run(args: argparse.Namespace) -> int:
     objective = SelectionObjective(
         max_accuracy_drop=None if args.target_cost is not None else (args.max_accuracy_drop or 0.01),
         target_cost=args.target_cost,
+        confidence=args.confidence,
     )
+    if not 0.0 <= args.confidence < 1.0:
+        raise UserError("--confidence must lie in [0, 1)")
     if args.target_cost is not None and args.target_cost <= 0:
         raise UserError("--target-cost must be positive")
     if args.max_accuracy_drop is not None and args.max_accuracy_drop < 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..calibrate import SelectionObjective, calibrate, evaluate, needs_fit
+from ..calibrate import DEFAULT_CONFIDENCE, SelectionObjective, calibrate, evaluate, needs_fit
 from ..cli import UserError
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
@@ -112,7 +112,13 @@ def _parse_strategies(text: str) -> list[str]:
     return names
 
 
+def _objective(args: argparse.Namespace) -> SelectionObjective:
+    return SelectionObjective(max_accuracy_drop=args.max_accuracy_drop, confidence=args.confidence)
+
+
 def _validate(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.confidence < 1.0:
+        raise UserError("--confidence must lie in [0, 1)")
     if not 0.0 <= args.shadow_rate <= 1.0:
         raise UserError("--shadow-rate must lie in [0, 1]")
     if not 0.0 < args.review_rate <= 1.0:
@@ -125,19 +131,24 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def fit_spec(
-    spec: CascadePolicySpec, train: Sequence[Row], mode: str, drop: float, progress: Progress, label: str
+    spec: CascadePolicySpec,
+    train: Sequence[Row],
+    mode: str,
+    objective: SelectionObjective,
+    progress: Progress,
+    label: str,
 ) -> tuple[CascadePolicySpec, dict[str, Any]]:
     if mode == "never" or (mode == "auto" and not needs_fit(spec)):
         return spec, {"source": "policy file", "rows": 0}
     if not train:
         raise UserError(f"{label}: the policy needs fitting but there are no train rows")
     progress(f"{label}: fitting calibration and thresholds on {len(train)} train rows")
-    cal = calibrate(spec, train, SelectionObjective(max_accuracy_drop=drop))
+    cal = calibrate(spec, train, objective)
     base = cal.baseline
     return cal.spec, {
         "source": "fitted on train",
         "rows": len(train),
-        "objective": SelectionObjective(max_accuracy_drop=drop).describe(),
+        "objective": objective.describe(),
         "train_accuracy": cal.chosen.accuracy,
         "train_capable_accuracy": base.accuracy,
         "train_savings": 1.0 - cal.chosen.cost / base.cost if base.cost else None,
@@ -300,7 +311,7 @@ def run_drift(
     test_b = ds.select(split="test", benchmark=b)
     if not test_a or not test_b:
         raise UserError(f"drift scenario: need test rows of both {a!r} and {b!r}")
-    fitted, fit_info = fit_spec(spec, train_a, args.fit, args.max_accuracy_drop, progress, f"drift ({a})")
+    fitted, fit_info = fit_spec(spec, train_a, args.fit, _objective(args), progress, f"drift ({a})")
     # Quality before and after the shift, per strategy (all fitted on A's train rows).
     before = evaluate_strategies(fitted, train_a, test_a, names, args, progress, frontiers=False)
     after = evaluate_strategies(fitted, train_a, test_b, names, args, progress, frontiers=False)
@@ -359,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     if not test:
         have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
         raise UserError(f"no usable test rows to report on (rows available: {', '.join(have) or 'none'})")
-    fitted, fit_info = fit_spec(spec, train, args.fit, args.max_accuracy_drop, progress, "policy")
+    fitted, fit_info = fit_spec(spec, train, args.fit, _objective(args), progress, "policy")
     if fit_info["source"] == "fitted on train":
         fit_info["test_check"] = evaluate(fitted, test).__dict__
     if ("pre-route-classifier" in names or "allowlist" in names) and not train:
@@ -428,12 +439,12 @@ def text_summary(report: dict[str, Any]) -> str:
         )
         for mo in d["monitors"]:
             md = mo["median_delay"]
-        sp = mo["speedup_vs_aggregate"]
-        fired = "not fired" if md is None else str(int(md))
-        lines.append(
-            f"  {mo['name']:<28} median requests to fire: {fired:>10}"
-            f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
-        )
+            sp = mo["speedup_vs_aggregate"]
+            fired = "not fired" if md is None else str(int(md))
+            lines.append(
+                f"  {mo['name']:<28} median requests to fire: {fired:>10}"
+                f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
+            )
     for n in report.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)
