@@ -45,6 +45,10 @@ _LETTERS = ("A", "B", "C", "D", "E")
 _WORD_ALTERNATIVES = (" the", " a", ".", ",", " and", " is", " of", " to", " in", " it")
 
 
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 def tokenize(text: str) -> list[str]:
     """Split ``text`` into simple tokens (``"B"`` is one token, ``" answer"`` another)."""
     return _TOKEN_RE.findall(text)
@@ -128,9 +132,14 @@ class Reply:
     recorded: bool
     conf_logprob: float
     top_logprobs: list[tuple[str, float]] | None = None
+    text_json: str = field(init=False, default="")
     _entries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     _logprobs_json: dict[int, str] = field(default_factory=dict)
+    _stream_parts: dict[int | None, list[str]] = field(default_factory=dict)
     _verification: Reply | None = None
+
+    def __post_init__(self) -> None:
+        self.text_json = _compact(self.text)
 
     def entries(self, top_k: int) -> list[dict[str, Any]]:
         """``choices[0].logprobs.content`` for this reply (cached per ``top_k``)."""
@@ -154,8 +163,27 @@ class Reply:
         """``{"content": [...], "refusal": null}`` serialised (cached per ``top_k``)."""
         cached = self._logprobs_json.get(top_k)
         if cached is None:
-            cached = json.dumps({"content": self.entries(top_k), "refusal": None}, separators=(",", ":"))
+            cached = _compact({"content": self.entries(top_k), "refusal": None})
             self._logprobs_json[top_k] = cached
+        return cached
+
+    def stream_parts(self, top_k: int | None) -> list[str]:
+        """Per token, the ``"delta":...,"logprobs":...`` part of its stream chunk (cached).
+
+        ``top_k`` None: no logprobs requested.
+        """
+        cached = self._stream_parts.get(top_k)
+        if cached is None:
+            tokens = [_compact({"content": t}) for t in self.tokens]
+            if top_k is None:
+                cached = [f'"delta":{t},"logprobs":null' for t in tokens]
+            else:
+                entries = [_compact(e) for e in self.entries(top_k)]
+                cached = [
+                    f'"delta":{t},"logprobs":{{"content":[{e}],"refusal":null}}'
+                    for t, e in zip(tokens, entries, strict=True)
+                ]
+            self._stream_parts[top_k] = cached
         return cached
 
     def verification(self) -> Reply:
@@ -285,6 +313,7 @@ class SimData:
                 latency_ms=o.latency_ms if o.latency_ms is not None else default_latency,
                 recorded=True,
             )
+            reply.logprobs_json(0)  # the common case (logprobs without alternatives), ready to send
             by_key[key] = reply
             by_user.setdefault(prompt_key(None, rec.user_prompt), reply)
         return cls(model, outcomes.path, by_key, by_user, default_latency, duplicates)

@@ -13,6 +13,7 @@ Endpoints:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -394,6 +395,8 @@ class Simulator:
         self.stats = Stats()
         self.rng = random.Random(seed)
         self.started = int(time.time())
+        self._id_prefix = os.urandom(8).hex()  # ids unique across processes, cheap per request
+        self._ids = itertools.count(1)
         self.app = web.Application(middlewares=[self._errors], client_max_size=8 * 1024 * 1024)
         r = self.app.router
         r.add_post("/v1/chat/completions", self.chat)
@@ -551,15 +554,14 @@ class Simulator:
             body=self._completion(req, reply, prompt_tokens).encode("utf-8"), content_type="application/json"
         )
 
-    @staticmethod
-    def _new_id() -> str:
-        return "chatcmpl-" + os.urandom(12).hex()
+    def _new_id(self) -> str:
+        return f"chatcmpl-{self._id_prefix}{next(self._ids):08x}"
 
     def _completion(self, req: ChatRequest, reply: Reply, prompt_tokens: int) -> str:
         n = len(reply.tokens)
         top = req.top_logprobs
         if req.max_tokens is not None and req.max_tokens < n:
-            content = "".join(reply.tokens[: req.max_tokens])
+            content_json = _dumps("".join(reply.tokens[: req.max_tokens]))
             finish = "length"
             completion_tokens = req.max_tokens
             logprobs = (
@@ -568,7 +570,7 @@ class Simulator:
                 else "null"
             )
         else:
-            content = reply.text
+            content_json = reply.text_json
             finish = "stop"
             completion_tokens = reply.tokens_out
             logprobs = reply.logprobs_json(top) if req.logprobs else "null"
@@ -576,7 +578,7 @@ class Simulator:
         return (
             f'{{"id":"{self._new_id()}","object":"chat.completion","created":{int(time.time())},'
             f'"model":{self.model_json},"system_fingerprint":"{FINGERPRINT}","choices":[{{"index":0,'
-            f'"message":{{"role":"assistant","content":{_dumps(content)},"refusal":null}},'
+            f'"message":{{"role":"assistant","content":{content_json},"refusal":null}},'
             f'"logprobs":{logprobs},"finish_reason":"{finish}"}}],"usage":{usage}}}'
         )
 
@@ -585,7 +587,7 @@ class Simulator:
     ) -> web.StreamResponse:
         stats = self.stats
         tokens = reply.tokens
-        entries = reply.entries(req.top_logprobs) if req.logprobs else None
+        parts = reply.stream_parts(req.top_logprobs if req.logprobs else None)
         finish = "stop"
         completion_tokens = reply.tokens_out
         if req.max_tokens is not None and req.max_tokens < len(tokens):
@@ -620,7 +622,7 @@ class Simulator:
         ]
         try:
             await resp.prepare(request)
-            for i, tok in enumerate(tokens):
+            for i in range(n):
                 due = start + first + step * i
                 if due > loop.time():
                     await resp.write("".join(pending).encode("utf-8"))
@@ -629,11 +631,7 @@ class Simulator:
                     queued = 0
                     pending.clear()
                     await asyncio.sleep(due - loop.time())
-                lp = "null" if entries is None else '{"content":[' + _dumps(entries[i]) + '],"refusal":null}'
-                delta = '{"content":' + _dumps(tok) + "}"
-                pending.append(
-                    head + f'{{"index":0,"delta":{delta},"logprobs":{lp},"finish_reason":null}}]' + tail
-                )
+                pending.append(head + '{"index":0,' + parts[i] + ',"finish_reason":null}]' + tail)
                 queued += 1
             if n == 0 and delay_s > 0:
                 await resp.write("".join(pending).encode("utf-8"))
