@@ -82,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="objective when fitting thresholds (and the allowlist's): accuracy >= capable tier's minus this",
     )
     parser.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help="one-sided confidence of the fitted accuracy constraint "
+        f"(default {DEFAULT_CONFIDENCE}; 0: point estimate)",
+    )
+    parser.add_argument(
         "--shadow-rate", type=float, default=0.05, help="share of accepted cheaper answers re-asked"
     )
     parser.add_argument("--seed", type=int, default=7)
