@@ -450,7 +450,14 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     async def policy_changed(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
         await _reconcile_now(namespace or "", name, False, logger)
 
-    @kopf.daemon(group, version, PLURAL_POLICIES, registry=registry, cancellation_timeout=10.0)
+    @kopf.daemon(
+        group,
+        version,
+        PLURAL_POLICIES,
+        registry=registry,
+        cancellation_backoff=2.0,
+        cancellation_timeout=10.0,
+    )
     async def analysis_loop(
         stopped: kopf.DaemonStopped, namespace: str | None, name: str, logger: Logger, **_: Any
     ) -> None:
@@ -509,7 +516,7 @@ async def _sleep(stopped: kopf.DaemonStopped, woken: asyncio.Event, seconds: flo
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings: bookkeeping in annotations under our own prefix, no automatic events (the
-    reconciler posts its own), a short watch timeout."""
+    reconciler posts its own), no cluster-wide scanning, a bounded watch timeout."""
     prefix = f"kopf.{API_GROUP}"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -520,3 +527,6 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    # No cluster-wide observation of namespaces and CRDs: the operator serves the namespaces it is
+    # given and the CRDs present at start, and needs no cluster-scoped permissions for kopf itself.
+    settings.scanning.disabled = True

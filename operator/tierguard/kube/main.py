@@ -28,7 +28,7 @@ from ..policy import CascadePolicySpec, QualitySLOSpec
 from ..rollout.analysis import observe
 from ..rollout.observations import Observations
 from ..rollout.status import PolicyStatus
-from .client import KubeApi, load_api_client
+from .client import KubeApi, KubeError, load_api_client
 from .handlers import Observer, Reconciler, configure_settings, register
 
 log = logging.getLogger("tierguard.operator")
@@ -151,6 +151,24 @@ async def operate(
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+
+
+def check_crds(api: KubeApi) -> None:
+    """Fail early and clearly when the CRDs are missing (kopf would only serve them after a restart)."""
+    from .. import API_GROUP, API_VERSION
+    from .client import PLURAL_POLICIES, PLURAL_SLOS
+
+    try:
+        missing = [
+            p for p in (PLURAL_POLICIES, PLURAL_SLOS) if not api.has_resource(API_GROUP, API_VERSION, p)
+        ]
+    except KubeError as err:
+        raise UserError(f"cannot reach the API server: {err}") from None
+    if missing:
+        raise UserError(
+            f"the CRDs for {', '.join(missing)} ({API_GROUP}/{API_VERSION}) are not installed: "
+            "run 'tierguard crds | kubectl apply -f -' (or install the Helm chart)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
