@@ -1,0 +1,140 @@
+import math
+import random
+
+import pytest
+
+from tierguard.drift import (
+    CONFIDENCE_EDGES,
+    BernoulliCUSUM,
+    PSIWindow,
+    histogram,
+    psi,
+    psi_of_samples,
+    quantile_edges,
+    rate_shift,
+    upper_quantile,
+)
+
+
+def test_psi_of_identical_distributions_is_zero():
+    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
+
+
+def test_psi_known_value():
+    # fractions (0.5, 0.5) -> (0.25, 0.75)
+    expected = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.5) * math.log(0.75 / 0.5)
+    assert psi([50, 50], [25, 75]) == pytest.approx(expected)
+
+
+def test_psi_is_symmetric_and_floors_empty_bins():
+    a, b = [90, 10, 0], [10, 10, 80]
+    assert psi(a, b) == pytest.approx(psi(b, a))
+    assert math.isfinite(psi(a, b))
+    assert psi(a, b, eps=1e-6) > psi(a, b, eps=1e-2)  # a smaller floor: a larger penalty for the empty bin
+
+
+def test_psi_rejects_bad_input():
+    with pytest.raises(ValueError, match="bin counts differ"):
+        psi([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="empty"):
+        psi([0, 0], [1, 1])
+
+
+def test_histogram_bins_are_left_closed():
+    edges = [0.5, 0.9]
+    assert histogram([0.1, 0.5, 0.89, 0.9, 1.0], edges) == [1, 2, 2]
+
+
+def test_quantile_edges_collapse_ties():
+    ref = [1.0] * 60 + [0.5 + i / 100 for i in range(40)]
+    edges = quantile_edges(ref, 10)
+    assert edges == sorted(set(edges))
+    assert all(e < 1.0 for e in edges)
+    assert len(edges) < 9  # the ties at 1.0 merge the top bins
+    with pytest.raises(ValueError):
+        quantile_edges([], 10)
+
+
+def test_psi_of_samples_detects_a_shift():
+    rng = random.Random(1)
+    ref = [1 - rng.random() ** 3 * 0.5 for _ in range(2000)]
+    same = [1 - rng.random() ** 3 * 0.5 for _ in range(2000)]
+    shifted = [1 - rng.random() * 0.5 for _ in range(2000)]
+    assert psi_of_samples(ref, same) < 0.05
+    assert psi_of_samples(ref, shifted) > 0.25
+
+
+def test_psi_window_reports_every_step_once_full():
+    ref = histogram([0.95] * 50 + [0.6] * 50, CONFIDENCE_EDGES)
+    w = PSIWindow(CONFIDENCE_EDGES, ref, window=4, step=2, threshold=0.5)
+    out = [w.observe(v) for v in [0.95, 0.6, 0.95, 0.6, 0.1, 0.1, 0.1, 0.1]]
+    assert out[:3] == [None, None, None]
+    assert out[3] == pytest.approx(0.0, abs=1e-9)  # the window matches the reference
+    assert out[4] is None and out[6] is None
+    last4 = histogram([0.1, 0.1, 0.1, 0.1], CONFIDENCE_EDGES)
+    assert out[7] == pytest.approx(psi(ref, last4))
+    assert w.fired and w.last == out[7]
+
+
+def test_psi_window_validates():
+    with pytest.raises(ValueError, match="reference fractions"):
+        PSIWindow([0.5], [1, 2, 3])
+    with pytest.raises(ValueError, match="positive"):
+        PSIWindow([0.5], [1, 1], window=0)
+
+
+def test_cusum_recursion_by_hand():
+    c = BernoulliCUSUM(0.1, 0.2, threshold=1.5)
+    up, down = math.log(2.0), math.log(0.8 / 0.9)
+    assert not c.observe(True)
+    assert c.statistic == pytest.approx(up)
+    c.observe(False)
+    assert c.statistic == pytest.approx(up + down)
+    for _ in range(50):
+        c.observe(False)
+    assert c.statistic == 0.0  # never below zero
+    assert c.peak == pytest.approx(up)
+    fired = [c.observe(True) for _ in range(3)]
+    assert fired == [False, False, True]  # 3 * ln 2 = 2.08 >= 1.5
+    c.reset()
+    assert not c.fired and c.statistic == 0.0
+
+
+def test_cusum_validates_rates():
+    with pytest.raises(ValueError):
+        BernoulliCUSUM(0.2, 0.1)
+    with pytest.raises(ValueError):
+        BernoulliCUSUM(0.0, 0.1)
+
+
+def test_rate_shift_stays_below_one():
+    assert rate_shift(0.1, 0.05) == pytest.approx(0.15)
+    assert 0.98 < rate_shift(0.98, 0.05) < 1.0
+
+
+def test_upper_quantile():
+    assert upper_quantile(list(range(101)), 0.05) == pytest.approx(95.0)
+    with pytest.raises(ValueError):
+        upper_quantile([], 0.05)
+
+
+def test_vectorised_paths_match_the_streaming_detectors():
+    np = pytest.importorskip("numpy")
+    from tierguard.replay.monitors import cusum_path, psi_path
+
+    rng = random.Random(3)
+    events = [rng.random() < 0.2 for _ in range(500)]
+    c = BernoulliCUSUM(0.1, 0.15)
+    stream = []
+    for e in events:
+        c.observe(e)
+        stream.append(c.statistic)
+    assert np.allclose(cusum_path(np.array(events), 0.1, 0.15), stream)
+
+    ref = histogram([rng.random() for _ in range(300)], CONFIDENCE_EDGES)
+    values = [rng.random() ** 0.2 for _ in range(1000)]
+    w = PSIWindow(CONFIDENCE_EDGES, ref, window=200, step=50)
+    expected = [(i, v) for i, x in enumerate(values) if (v := w.observe(x)) is not None]
+    idx, vals = psi_path(np.array(values), CONFIDENCE_EDGES, ref, 200, 50)
+    assert list(idx) == [i for i, _ in expected]
+    assert np.allclose(vals, [v for _, v in expected])
