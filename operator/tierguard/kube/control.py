@@ -32,6 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     else:
         parser.add_argument("name", help="CascadePolicy name")
+        if command == "promote":
+            parser.add_argument(
+                "--full",
+                action="store_true",
+                help="make the canary stable now (also after a rollback or abort), skipping the steps left",
+            )
         parser.add_argument(
             "--wait",
             type=float,
@@ -97,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown action {action!r}")
     before = _get(api, ns, args.name)
     requested = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    patch = {"metadata": {"annotations": {ACTION_ANNOTATION: action}}}
+    value = "promote --full" if action == "promote" and getattr(args, "full", False) else action
+    patch = {"metadata": {"annotations": {ACTION_ANNOTATION: value}}}
     try:
         api.merge_patch(policy_path(ns, args.name), patch)
     except KubeError as err:
         raise _user_error(err, ns, args.name) from None
-    print(f"cascadepolicy {ns}/{args.name}: {action} requested")
+    print(f"cascadepolicy {ns}/{args.name}: {value} requested")
     if args.wait <= 0:
         return 0
     previous = ((before.get("status") or {}).get("lastAction") or {}).get("time")
