@@ -42,6 +42,10 @@ EXHAUSTIVE_LIMIT = 4000
 # Training sets are small (hundreds of rows): the accuracy constraint is checked on a one-sided
 # confidence bound of the paired accuracy gap, not on the point estimate alone.
 DEFAULT_CONFIDENCE = 0.9
+NEVER_ACCEPTS = (
+    "warning: no thresholds meet the objective on these rows: every query escalates to the last tier, "
+    "so the cascade costs more than the capable tier alone (use mode capable-only, or relax the objective)"
+)
 
 
 # --- isotonic calibration ----------------------------------------------------------------------
@@ -447,6 +451,8 @@ def summary_lines(cal: Calibration, names: Sequence[str], models: Sequence[str])
         f"cascade:            accuracy {ev.accuracy:.4f}, cost ${ev.cost:.3e}/query, savings {savings:.1%}",
         f"({len(cal.results)} threshold combinations routed; numbers are on the rows fitted on)",
     ]
+    if ev.shares[-1] >= 1.0:
+        lines.append(NEVER_ACCEPTS)
     return lines
 
 

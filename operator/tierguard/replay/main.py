@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..calibrate import DEFAULT_CONFIDENCE, SelectionObjective, calibrate, evaluate, needs_fit
+from ..calibrate import DEFAULT_CONFIDENCE, NEVER_ACCEPTS, SelectionObjective, calibrate, evaluate, needs_fit
 from ..cli import UserError
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
@@ -378,6 +378,8 @@ def run(args: argparse.Namespace) -> int:
         have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
         raise UserError(f"no usable test rows to report on (rows available: {', '.join(have) or 'none'})")
     fitted, fit_info = fit_spec(spec, train, args.fit, _objective(args), progress, "policy")
+    if fit_info["source"] == "fitted on train" and evaluate(fitted, train).shares[-1] >= 1.0:
+        print(f"tierguard replay: {NEVER_ACCEPTS}", file=sys.stderr)
     if fit_info["source"] == "fitted on train":
         fit_info["test_check"] = evaluate(fitted, test).__dict__
     if ("pre-route-classifier" in names or "allowlist" in names) and not train:
