@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ..cli import UserError
 from ..outcomes import load_outcomes
@@ -73,10 +74,10 @@ def _faults(args: argparse.Namespace) -> Faults:
 
 
 def load(path: str, model: str) -> SimData:
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a directory, not an outcomes file")
     try:
         outcomes = load_outcomes(path)
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not an outcomes file") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied") from None
     if outcomes.skipped:
@@ -107,8 +108,9 @@ async def _main(sim: Simulator, host: str, port: int, data_path: str) -> None:
         runner = await serve(sim, host, port)
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    bound = next((a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2), port)
     print(
-        f"serving {sim.model} from {data_path} ({sim.data.prompts} prompts) on http://{host}:{port}",
+        f"serving {sim.model} from {data_path} ({sim.data.prompts} prompts) on http://{host}:{bound}",
         flush=True,
     )
     stop = asyncio.Event()

@@ -666,7 +666,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> str:
 
 async def serve(sim: Simulator, host: str, port: int) -> web.AppRunner:
     """Start ``sim`` on ``host:port`` in the running loop; the caller cleans the runner up."""
-    runner = web.AppRunner(sim.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(sim.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
