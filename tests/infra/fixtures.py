@@ -32,6 +32,7 @@ from infra.kube import KubeCluster
 from infra.prometheus import PrometheusServer
 
 _ns_counter = itertools.count(1)
+_build_error: MissingBinaryError | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -49,13 +50,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         try:
             ensure_binaries(names)
         except MissingBinaryError as e:
-            # Reported again (as an error) by the kube_cluster fixture.
+            # Reported as a failure by the kube_cluster fixture (without retrying the build).
+            global _build_error
+            _build_error = e
             print(f"\n[tierguard test infra] {e}")
 
 
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     """etcd + kube-apiserver (+ kube-controller-manager when built) for the whole session."""
+    if _build_error is not None:
+        pytest.fail(f"building the control-plane binaries failed: {_build_error}", pytrace=False)
     try:
         cluster = KubeCluster(controller_manager=None).start()
     except MissingBinaryError as e:

@@ -194,6 +194,7 @@ class KubeCluster:
         self.kubeconfig: Path = self.workdir / "admin.kubeconfig"
         self._admin_ctx: ssl.SSLContext | None = None
         self._sa_kubeconfigs: dict[tuple[str, str], Path] = {}
+        self.startup_seconds = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> KubeCluster:

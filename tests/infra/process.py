@@ -56,7 +56,11 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
-                preexec_fn=_die_with_parent,
+                # Only from the main thread: PR_SET_PDEATHSIG fires when the *thread*
+                # that started the child exits, not just the process.
+                preexec_fn=_die_with_parent
+                if threading.current_thread() is threading.main_thread()
+                else None,
             )
         with _live_lock:
             _live.add(self)
