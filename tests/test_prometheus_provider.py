@@ -303,3 +303,23 @@ def test_observe_prometheus_down() -> None:
     assert obs.provider_error is not None and "unreachable" in obs.provider_error
     d = decide(_spec().rollout, _status().model_copy(update={"failed_checks": 1}), obs, datetime.now(UTC))
     assert isinstance(d, Hold) and d.reason == "ProviderError"
+
+
+def test_every_rendered_query_parses_in_prometheus(
+    world: tuple[PrometheusServer, FakeProxyMetrics, str],
+) -> None:
+    """Each built-in signal, the sample count and the config query are valid PromQL (a QueryError
+    would be raised otherwise); with no series at all they read as no data, never as an error."""
+    from typing import get_args
+
+    from tierguard.policy import Signal
+    from tierguard.rollout.slo import QueryContext, config_current_query, samples_query, signal_query
+
+    prom, _, _ = world
+    p = PrometheusProvider(prom.url)
+    nowhere = QueryContext("no-such-policy", NAMESPACE, "r", WINDOW, "small")
+    for signal in get_args(Signal):
+        assert p.query(signal_query(signal, nowhere)) is None, signal
+        assert p.query(signal_query(signal, nowhere.for_tier(None))) is None, signal
+    assert p.query(samples_query(nowhere)) is None
+    assert p.query(config_current_query("no-such-policy", NAMESPACE, "h")) is None
