@@ -54,8 +54,9 @@ ROWS: list[dict[str, Any] | str] = [
     {"qid": "doubt", "user_prompt": "Is it raining on Mars?", "models": {"m1": outcome("No.", 0.2)}},
     {"qid": "noconf", "user_prompt": "No confidence here.", "models": {"m1": outcome("Maybe", None)}},
     {"qid": "other", "user_prompt": "Only m2 knows.", "models": {"m2": outcome("C", 0.5)}},
-    '{"qid": "broken", "user_prompt": ',  # malformed: line 7, skipped with a message
-    {"qid": "nomodels", "user_prompt": "x", "models": {}},  # invalid: line 8
+    {"qid": "empty", "user_prompt": "Say nothing.", "models": {"m1": outcome("", 0.6)}},
+    '{"qid": "broken", "user_prompt": ',  # malformed: line 8, skipped with a message
+    {"qid": "nomodels", "user_prompt": "x", "models": {}},  # invalid: line 9
 ]
 EXPECTED = {  # prompt -> (answer, confidence) for m1
     "long": (LONG_ANSWER, 0.3),
@@ -261,6 +262,15 @@ def test_max_tokens_truncates(sim: RunningProcess) -> None:
     assert len(choice["logprobs"]["content"]) == 3 and body["usage"]["completion_tokens"] == 3
 
 
+def test_an_empty_answer_is_served_without_tokens(sim: RunningProcess) -> None:
+    body = post(sim, chat(PROMPTS["empty"], logprobs=True)).json()
+    assert body["choices"][0]["message"]["content"] == ""
+    assert body["choices"][0]["logprobs"]["content"] == []
+    r = post(sim, chat(PROMPTS["empty"], stream=True, logprobs=True))
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "stop"]
+
+
 def verification(user: str, answer: str, **extra: Any) -> dict[str, Any]:
     return {
         "model": "m1",
@@ -292,6 +302,12 @@ def test_self_verification_answers_y_or_n_with_consistent_logprobs(
     # with top_logprobs=1 only the chosen token is listed, its logprob still consistent with p
     one = post(sim, verification(PROMPTS[qid], answer, logprobs=True, top_logprobs=1)).json()
     assert [t["token"] for t in one["choices"][0]["logprobs"]["content"][0]["top_logprobs"]] == [token]
+    # streamed, the same single token
+    r = post(sim, verification(PROMPTS[qid], answer, logprobs=True, top_logprobs=2, stream=True))
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    streamed = [c["choices"][0] for c in chunks if c["choices"][0]["delta"].get("content")]
+    assert len(streamed) == 1 and streamed[0]["delta"]["content"] == token
+    assert streamed[0]["logprobs"]["content"][0]["top_logprobs"] == entry["top_logprobs"]
 
 
 def test_unknown_prompt_is_deterministic(sim: RunningProcess) -> None:
@@ -315,7 +331,7 @@ def test_models_health_and_model_errors(sim: RunningProcess) -> None:
     assert httpx.get(f"{sim.url}/models/m1").json()["id"] == "m1"
     assert httpx.get(f"{sim.url}/models/m2").status_code == 404
     health = httpx.get(f"{sim.base}/healthz").json()
-    assert health == {"status": "ok", "model": "m1", "prompts": 5}
+    assert health == {"status": "ok", "model": "m1", "prompts": 6}
 
     r = post(sim, chat("hi", model="gpt-5"))
     assert r.status_code == 404
@@ -450,7 +466,7 @@ def test_unknown_model_is_a_clear_cli_error(data_file: Path) -> None:
     assert r.returncode == 2
     assert "model 'gpt-9' is not in" in r.stderr and "models in the file: m1, m2" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    assert "line 7: not valid JSON" in r.stderr and "skipped 2 malformed line(s)" in r.stderr
+    assert "line 8: not valid JSON" in r.stderr and "skipped 2 malformed line(s)" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -470,8 +486,8 @@ def test_bad_command_lines(data_file: Path, args: list[str], message: str) -> No
 
 def test_malformed_rows_are_reported_and_served_rows_counted(sim: RunningProcess) -> None:
     log = sim.log_text()
-    assert "skipped 2 malformed line(s)" in log and "line 7:" in log and "line 8: models" in log
-    assert "serving m1 from " in log and "(5 prompts) on http://127.0.0.1:" in log
+    assert "skipped 2 malformed line(s)" in log and "line 8:" in log and "line 9: models" in log
+    assert "serving m1 from " in log and "(6 prompts) on http://127.0.0.1:" in log
 
 
 # --- the shared real data --------------------------------------------------------------------------
