@@ -726,3 +726,85 @@ def test_invalid_and_back() -> None:
     good = clear_invalid(again, T0 + 3 * MIN, generation=4)
     assert good.phase == "Progressing" and good.previous_phase is None
     assert clear_invalid(good, T0) is good
+
+
+def test_missing_step_start_is_due_at_once_and_gets_repaired() -> None:
+    st = status().model_copy(update={"step_started_at": None})
+    assert needs_observations(DEFAULT, st, T0)
+    d = decide(DEFAULT, st, NODATA, T0)
+    assert isinstance(d, Hold)
+    assert next_status(st, d, T0).step_started_at == T0
+    assert isinstance(decide(DEFAULT, st, PASS, T0), Advance)
+
+
+# --- invariants over random runs ---------------------------------------------------------------
+
+
+def test_invariants_over_random_runs() -> None:
+    """Seeded random walks through decide/next_status/apply_manual; after every tick the status is
+    consistent and every transition respects the rules."""
+    import random
+
+    rng = random.Random(20260301)
+    pool = [PASS, PASS, PASS, BREACH, NODATA, ERROR, DOWN, STALE, FEW, BREACH_AND_NODATA, None]
+    for _run in range(300):
+        weights = sorted(rng.sample(range(1, 101), rng.randint(1, 6)))
+        if rng.random() < 0.5 and weights[-1] != 100:
+            weights.append(100)
+        step_list = [
+            RolloutStep(weight=w, pause=rng.choice([None, None, "30s", "3m", "indefinite"])) for w in weights
+        ]
+        spec = roll(steps=step_list, failure_threshold=rng.randint(1, 3), progress_deadline="5m")
+        st = start_rollout(PolicyStatus(), CANARY, T0, spec)
+        now = T0
+        for _tick in range(40):
+            now += timedelta(seconds=rng.choice([10, 30, 60, 61]))
+            before = st
+            if rng.random() < 0.05:
+                action = rng.choice(["promote", "abort", "resume"])
+                try:
+                    st = apply_manual(action, st, spec, now, full=rng.random() < 0.2).status  # type: ignore[arg-type]
+                except ManualActionError:
+                    assert st == before
+                continue
+            ob = rng.choice(pool)
+            d = decide(spec, st, ob, now)
+            assert decide(spec, parse_status(st.to_dict()), ob, now) == d
+            st = next_status(st, d, now)
+            if st.config_hash is None:
+                st = st.model_copy(update={"config_hash": "rendered"})
+            # transitions
+            if isinstance(d, Hold) and d.inconclusive:
+                assert (st.canary_weight, st.current_step, st.failed_checks) == (
+                    before.canary_weight,
+                    before.current_step,
+                    before.failed_checks,
+                )
+            if isinstance(d, Promote):
+                assert d.analysis is not None and d.analysis.result == "Pass"
+                assert before.current_step >= len(spec.steps) - 1
+            if isinstance(d, Advance):
+                assert d.analysis is not None and d.analysis.result == "Pass"
+                assert before.step_started_at is not None
+                end = before.step_started_at + timedelta(
+                    seconds={None: 0, "30s": 30, "3m": 180}.get(spec.steps[before.current_step].pause, 0)
+                )
+                assert spec.steps[before.current_step].pause != "indefinite" and now >= end
+            if isinstance(d, Rollback):
+                assert d.analysis.result == "Breach" and st.failed_checks == spec.failure_threshold
+            # states
+            assert st.failed_checks <= spec.failure_threshold
+            if st.rolling:
+                assert st.canary_weight == spec.steps[st.current_step].weight
+                assert st.phase == (
+                    "Paused" if spec.steps[st.current_step].pause == "indefinite" else "Progressing"
+                )
+            if st.phase == "Succeeded":
+                assert st.canary is None and st.canary_weight == 0 and st.stable == CANARY
+                assert cond.is_true(st.conditions, cond.READY)
+            if st.phase in ("RolledBack", "Aborted"):
+                assert st.canary_weight == 0 and st.canary == CANARY
+                assert cond.is_true(st.conditions, cond.DEGRADED)
+            if st.phase != "Succeeded":
+                assert not cond.is_true(st.conditions, cond.READY)
+            assert parse_status(st.to_dict()) == st

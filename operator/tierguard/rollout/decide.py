@@ -286,8 +286,7 @@ def decide(spec: RolloutSpec, status: PolicyStatus, obs: Observations | None, no
     # a passing, counted analysis
     if step.pause == "indefinite":
         return Hold("AwaitingPromotion", f"analysis passed at {at}; waiting for a manual promotion", analysis)
-    assert status.step_started_at is not None
-    end = pause_end(step, status.step_started_at)
+    end = pause_end(step, status.step_started_at or now)
     if end is not None and now < end:
         return Hold("Paused", f"analysis passed at {at}; paused until {end.isoformat()}", analysis)
     return _forward(spec, status, idx, "AnalysisPassed", f"analysis passed at {at}", analysis)
@@ -357,6 +356,7 @@ def next_status(
         return status.model_copy(
             update={
                 "last_analysis": decision.analysis,
+                "step_started_at": status.step_started_at or now,
                 "failed_checks": status.failed_checks + (1 if decision.failed_check else 0),
                 "conditions": conds,
                 "message": decision.message,
