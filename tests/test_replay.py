@@ -314,6 +314,6 @@ def test_replay_on_shared_data_mmlu_three_tiers(tmp_path):
     by = {s["strategy"]: s for s in report["strategies"]}
     assert by["capable-only"]["accuracy"] == pytest.approx(0.836, abs=0.001)  # gpt-4o on mmlu/test
     # thresholds fitted on train only; the numbers recorded in BENCHMARKS.md
-    assert by["cascade"]["savings_vs_capable"] >= 0.5
+    assert by["cascade"]["savings_vs_capable"] >= 0.45
     assert by["cascade"]["accuracy"] >= by["capable-only"]["accuracy"] - 0.01
     assert report["equal_cost"]["accuracy_gap"] > 0

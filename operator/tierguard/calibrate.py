@@ -58,6 +58,8 @@ class Block:
     raw_sum: float
     n: int
     k: float
+    lo: float = 0.0  # smallest raw confidence in the block
+    hi: float = 0.0  # largest
 
     @property
     def raw(self) -> float:
@@ -72,7 +74,13 @@ class Block:
         return (self.k + 1.0) / (self.n + 2.0)
 
     def merged(self, other: Block) -> Block:
-        return Block(self.raw_sum + other.raw_sum, self.n + other.n, self.k + other.k)
+        return Block(
+            self.raw_sum + other.raw_sum,
+            self.n + other.n,
+            self.k + other.k,
+            min(self.lo, other.lo),
+            max(self.hi, other.hi),
+        )
 
 
 def pav(raw: Sequence[float], correct: Sequence[bool]) -> list[Block]:
@@ -84,9 +92,9 @@ def pav(raw: Sequence[float], correct: Sequence[bool]) -> list[Block]:
     for x, y in pairs:
         if blocks and blocks[-1].raw == x:  # identical raw values must share a block
             b = blocks[-1]
-            blocks[-1] = Block(b.raw_sum + x, b.n + 1, b.k + float(y))
+            blocks[-1] = Block(b.raw_sum + x, b.n + 1, b.k + float(y), b.lo, x)
         else:
-            blocks.append(Block(x, 1, float(y)))
+            blocks.append(Block(x, 1, float(y), x, x))
     return _pool(blocks, key=lambda b: b.rate)
 
 
@@ -103,7 +111,13 @@ def _pool(blocks: list[Block], key: Any) -> list[Block]:
 def fit_calibration(
     raw: Sequence[float], correct: Sequence[bool], *, max_points: int = MAX_POINTS, min_block: int = MIN_BLOCK
 ) -> list[tuple[float, float]]:
-    """A monotone map raw -> P(correct) as at most ``max_points`` (raw, calibrated) points."""
+    """A monotone map raw -> P(correct) as at most ``max_points`` (raw, calibrated) points.
+
+    Each pooled block becomes two points, at its smallest and largest raw confidence, both at the
+    block's rate: the isotonic step function, with linear ramps only in the gaps between blocks.
+    So an answer is mapped to its block's rate, and a threshold at a block's rate accepts exactly
+    the answers from that block's lower edge up.
+    """
     if max_points < 2:
         raise ValueError("max_points must be at least 2")
     if not raw:
@@ -121,17 +135,19 @@ def fit_calibration(
         lo, hi = min(i, j), max(i, j)
         blocks[lo : hi + 1] = [blocks[lo].merged(blocks[hi])]
     # Thin: merge the adjacent pair with the closest rates until few enough points remain.
-    while len(blocks) > max_points:
+    while len(blocks) > max_points // 2:
         i = min(range(len(blocks) - 1), key=lambda j: blocks[j + 1].shrunk - blocks[j].shrunk)
         blocks[i : i + 2] = [blocks[i].merged(blocks[i + 1])]
     points: list[tuple[float, float]] = []
     for b in blocks:
-        x, y = round(b.raw, 6), round(b.shrunk, 6)
-        if points and x <= points[-1][0]:
-            continue
-        if points and y < points[-1][1]:
-            y = points[-1][1]
-        points.append((min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)))
+        y = min(max(round(b.shrunk, 6), 0.0), 1.0)
+        for x in sorted({round(b.lo, 9), round(b.hi, 9)}):
+            x = min(max(x, 0.0), 1.0)
+            if points and x <= points[-1][0]:
+                # rounding joined this edge with the previous point: keep the higher block's rate
+                points[-1] = (points[-1][0], max(points[-1][1], y))
+                continue
+            points.append((x, max(y, points[-1][1]) if points else y))
     if len(points) == 1:  # one block: a constant map, written with two points
         y = points[0][1]
         points = [(0.0, y), (1.0, y)]

@@ -1,0 +1,182 @@
+import json
+import random
+
+import pytest
+import yaml
+
+from test_replay import POLICY, REPO, SHARED, make_rows, tierguard, write_jsonl
+from tierguard.calibrate import (
+    SelectionObjective,
+    calibrate,
+    capable_baseline,
+    evaluate,
+    fit_calibration,
+    pav,
+)
+from tierguard.confidence import CalibrationMap
+from tierguard.policy import TierConfidence, load_policy_spec
+from tierguard.replay.data import Row, load_dataset
+
+
+def test_pav_is_monotone_and_pools_ties():
+    raw = [0.1, 0.2, 0.2, 0.3, 0.4, 0.5]
+    correct = [True, False, True, False, True, True]
+    blocks = pav(raw, correct)
+    rates = [b.rate for b in blocks]
+    assert rates == sorted(rates)
+    assert sum(b.n for b in blocks) == 6
+    # the tied raw values 0.2 are never split across blocks
+    assert all(b.raw_sum / b.n != 0.2 or b.n >= 2 for b in blocks)
+
+
+def test_fit_is_thin_monotone_and_loads_as_tier_confidence():
+    rng = random.Random(0)
+    raw = [rng.random() for _ in range(5000)]
+    correct = [rng.random() < x for x in raw]  # a perfectly calibrated raw score
+    points = fit_calibration(raw, correct, max_points=20)
+    assert 2 <= len(points) <= 20
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    assert ys == sorted(ys)
+    TierConfidence(calibration=[list(p) for p in points])  # validates as the CRD field
+    cmap = CalibrationMap(points)
+    for x in (0.2, 0.5, 0.8):
+        assert cmap(x) == pytest.approx(x, abs=0.07)
+
+
+def test_fit_never_claims_certainty_from_few_rows():
+    points = fit_calibration([0.9, 0.95, 0.99, 1.0] * 3, [True] * 12)
+    assert all(y < 1.0 for _, y in points)
+    assert len(points) == 2  # one block: a constant map
+    assert fit_calibration([], []) == []
+    with pytest.raises(ValueError):
+        fit_calibration([0.5], [True], max_points=1)
+
+
+def _rows(n, seed):
+    """Two tiers: the cheap one is always right when its raw confidence is >= 0.8."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        raw = rng.random()
+        cheap_ok = raw >= 0.8 or rng.random() < 0.3
+        rows.append(Row("q", "b", "train", "c", "p", (raw, 0.9), (cheap_ok, True), (1.0, 10.0), ("A", "A")))
+    return rows
+
+
+def _spec():
+    _, spec = load_policy_spec_text(
+        """
+tiers:
+  - {name: cheap, baseUrl: "http://127.0.0.1:9101/v1", model: cheap}
+  - {name: capable, baseUrl: "http://127.0.0.1:9102/v1", model: capable}
+"""
+    )
+    return spec
+
+
+def load_policy_spec_text(text, tmp=None):
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    p = d / "p.yaml"
+    p.write_text(text)
+    return load_policy_spec(p)
+
+
+def test_thresholds_meet_the_accuracy_objective_on_the_fitted_rows():
+    rows = _rows(2000, 1)
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.0))
+    ev = evaluate(cal.spec, rows)
+    base = capable_baseline(rows)
+    assert ev.accuracy >= base.accuracy - 0.01
+    assert ev.shares[0] > 0.15  # the sure answers (raw >= 0.8) are accepted
+    assert ev.cost < base.cost
+    assert cal.spec.tiers[0].confidence.calibration
+    # a confidence bound is at least as conservative as the point estimate
+    bounded = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.95))
+    assert evaluate(bounded.spec, rows).accuracy >= ev.accuracy - 1e-12
+
+
+def test_target_cost_objective():
+    rows = _rows(1000, 2)
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=None, target_cost=0.6))
+    ev = evaluate(cal.spec, rows)
+    assert ev.cost <= 0.6 * capable_baseline(rows).cost + 1e-9
+
+
+@pytest.fixture
+def files(tmp_path):
+    data = write_jsonl(tmp_path / "o.jsonl", make_rows(900, seed=4), extra_lines=[(7, "[1, 2]")])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return data, policy, tmp_path
+
+
+def test_calibrate_command_writes_a_loadable_policy(files):
+    data, policy, tmp = files
+    out = tmp / "calibrated.yaml"
+    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--split", "train", "--out", out)
+    assert f"{data}:8: expected a JSON object" in proc.stderr  # the malformed line, by number
+    assert "objective: largest savings" in proc.stdout
+    assert "savings" in proc.stdout and f"wrote {out}" in proc.stdout
+    text = out.read_text()
+    assert text.startswith("# Calibrated by `tierguard calibrate`")
+    manifest = yaml.safe_load(text)
+    assert manifest["kind"] == "CascadePolicy" and manifest["metadata"]["name"] == "synth"
+    name, spec = load_policy_spec(out)
+    assert name == "synth"
+    for tier in spec.tiers:
+        assert tier.confidence.calibration and len(tier.confidence.calibration) <= 20
+    # replay uses the written thresholds as they are (nothing to fit)
+    rp = tierguard(
+        "replay", "--data", data, "--policy", out, "--out", tmp / "r", "--strategies", "cascade", "--quiet"
+    )
+    assert rp.returncode == 0
+    report = json.loads((tmp / "r" / "report.json").read_text())
+    assert report["fit"]["source"] == "policy file"
+    assert [t["threshold"] for t in report["policy"][:-1]] == [
+        t.confidence.threshold for t in spec.tiers[:-1]
+    ]
+
+
+def test_calibrate_command_errors(files):
+    data, policy, tmp = files
+    proc = tierguard(
+        "calibrate",
+        "--data",
+        data,
+        "--policy",
+        policy,
+        "--split",
+        "validation",
+        "--out",
+        tmp / "x.yaml",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no usable rows for split 'validation'" in proc.stderr and "synth/train" in proc.stderr
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--strict", "--out", tmp / "x.yaml", check=False
+    )
+    assert proc.returncode == 2 and f"{data}:8:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
+def test_calibrate_on_shared_mmlu_train(tmp_path):
+    out = tmp_path / "mmlu.yaml"
+    tierguard(
+        "calibrate", "--data", SHARED, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
+        "--benchmark", "mmlu", "--split", "train", "--out", out,
+    )  # fmt: skip
+    _, spec = load_policy_spec(out)
+    ds = load_dataset(SHARED, spec, benchmarks=["mmlu"])
+    train = ds.select(split="train")
+    assert len(train) == 285
+    ev = evaluate(spec, train)
+    base = capable_baseline(train)
+    assert ev.accuracy >= base.accuracy - 0.01
+    assert all(len(t.confidence.calibration or []) <= 20 for t in spec.tiers)
