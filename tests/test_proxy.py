@@ -357,7 +357,13 @@ def test_failures_escalate_and_last_tier_failure_is_an_openai_error(data_file, t
             set_faults(s["cheap"], error_rate=1.0, error_status=429)
             assert post(p, chat("easy question")).headers["x-tierguard-tier"] == "mid"
 
-            set_faults(s["cheap"], error_rate=0.0, extra_latency_ms=3000)  # beyond the 1 s tier timeout
+            set_faults(s["cheap"], error_rate=0.0, malformed_rate=1.0)
+            r = post(p, chat("easy question"))
+            assert r.headers["x-tierguard-tier"] == "mid"
+            assert "malformed" in read_log(log, 3)[-1]["tiers"][0]["error"]
+            set_faults(s["cheap"], malformed_rate=0.0)
+
+            set_faults(s["cheap"], extra_latency_ms=3000)  # beyond the 1 s tier timeout
             r = post(p, chat("easy question"))
             assert r.headers["x-tierguard-tier"] == "mid"
             set_faults(s["cheap"], extra_latency_ms=0)
@@ -369,8 +375,11 @@ def test_failures_escalate_and_last_tier_failure_is_an_openai_error(data_file, t
             set_faults(s["big"], error_rate=1.0, error_status=429)
             r = post(p, chat("hard question"))
             assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
-            set_faults(s["big"], error_rate=0.0)
-            assert metric(p, "tierguard_escalations_total", tier="cheap", reason="tier_error") >= 3
+            set_faults(s["big"], error_rate=0.0, malformed_rate=1.0)
+            r = post(p, chat("hard question"))
+            assert r.status_code == 502 and r.json()["error"]["code"] == "malformed"
+            set_faults(s["big"], malformed_rate=0.0)
+            assert metric(p, "tierguard_escalations_total", tier="cheap", reason="tier_error") >= 4
             assert metric(p, "tierguard_requests_total", status="error") >= 2
     finally:
         for x in s.values():

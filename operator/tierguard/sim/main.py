@@ -44,6 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of requests that hang (until the client gives up, or --hang-seconds)",
     )
     parser.add_argument(
+        "--malformed-rate",
+        type=float,
+        default=0.0,
+        help="share of requests answered 200 with a truncated, unusable body",
+    )
+    parser.add_argument(
         "--hang-seconds", type=float, default=600.0, help="how long a hanging request sleeps before a 504"
     )
     parser.add_argument(
@@ -61,6 +67,7 @@ def _faults(args: argparse.Namespace) -> Faults:
         "error_rate": args.error_rate,
         "error_status": args.error_status,
         "timeout_rate": args.timeout_rate,
+        "malformed_rate": args.malformed_rate,
         "latency_scale": args.latency_scale,
         "extra_latency_ms": args.extra_latency_ms,
         "hang_seconds": args.hang_seconds,

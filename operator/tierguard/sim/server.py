@@ -50,6 +50,7 @@ class Faults:
     error_rate: float = 0.0
     error_status: int = 500
     timeout_rate: float = 0.0
+    malformed_rate: float = 0.0  # share of requests answered 200 with a truncated, unusable body
     latency_scale: float = 1.0
     extra_latency_ms: float = 0.0
     hang_seconds: float = 600.0
@@ -79,7 +80,7 @@ class Faults:
 
 
 def check_faults(values: dict[str, Any]) -> None:
-    for name in ("error_rate", "timeout_rate", "ttft_fraction"):
+    for name in ("error_rate", "timeout_rate", "malformed_rate", "ttft_fraction"):
         if not 0.0 <= values[name] <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {values[name]}")
     for name in ("latency_scale", "extra_latency_ms"):
@@ -104,6 +105,7 @@ class Stats:
     model_not_found: int = 0
     injected_errors: int = 0
     injected_timeouts: int = 0
+    injected_malformed: int = 0
     completions_cancelled: int = 0  # the client went away before a non-streamed answer
     streams_completed: int = 0
     streams_cancelled: int = 0  # the client closed the stream before [DONE]
@@ -532,6 +534,9 @@ class Simulator:
         if faults.error_rate > 0.0 and self.rng.random() < faults.error_rate:
             stats.injected_errors += 1
             return injected_error(faults.error_status)
+        if faults.malformed_rate > 0.0 and self.rng.random() < faults.malformed_rate:
+            stats.injected_malformed += 1
+            return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
         if faults.timeout_rate > 0.0 and self.rng.random() < faults.timeout_rate:
             stats.injected_timeouts += 1
             try:
