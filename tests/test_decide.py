@@ -150,11 +150,11 @@ CASES = [
         "jitter-tolerance-counts-as-due",
         status(),
         PASS,
-        T0 + timedelta(seconds=55),
+        T0 + timedelta(seconds=59.5),
         Advance,
         "AnalysisPassed",
     ),
-    Case("just-outside-jitter-not-due", status(), PASS, T0 + timedelta(seconds=53), Wait, "AnalysisNotDue"),
+    Case("just-outside-jitter-not-due", status(), PASS, T0 + timedelta(seconds=58.9), Wait, "AnalysisNotDue"),
     Case(
         "not-due-one-interval-after-last-analysis",
         status(last=T0 + MIN),

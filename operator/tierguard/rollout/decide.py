@@ -15,8 +15,9 @@ Semantics
   advances on a manual ``promote``/``resume``). Analysis keeps running during pauses, so a breach
   still rolls back.
 * Analysis is due one ``interval`` after the later of the step's start and the previous analysis
-  (a tenth of an interval early is accepted to absorb timer jitter). Calling :func:`decide` more
-  often is harmless: it answers :class:`Wait`. The query window is the interval itself.
+  (up to a tenth of an interval, at most 1s, early is accepted to absorb timer jitter; analysis
+  times are recorded as they happened). Calling :func:`decide` more often is harmless: it
+  answers :class:`Wait`. The query window is the interval itself.
 * An interval counts only if every proxy reports the config hash rendered for the current status.
 * Inconclusive intervals :class:`Hold` with a distinct reason and never promote or roll back:
   ``StaleConfig`` (a proxy runs another config), ``ProviderError`` (Prometheus unreachable or a
@@ -57,7 +58,8 @@ from .observations import Check, Observations
 from .status import ActionRecord, Analysis, AnalysisResult, CheckResult, ManualAction, Phase, PolicyStatus
 
 JITTER_FRACTION = 0.1
-"""An analysis up to this fraction of an interval early still counts as due."""
+JITTER_MAX = timedelta(seconds=1)
+"""An analysis up to JITTER_FRACTION of an interval, at most JITTER_MAX, early still counts as due."""
 
 HoldReason = Literal[
     "StaleConfig", "ProviderError", "TooFewSamples", "NoData", "CheckFailed", "Paused", "AwaitingPromotion"
@@ -177,7 +179,7 @@ def needs_observations(spec: RolloutSpec, status: PolicyStatus, now: datetime) -
     if not status.rolling:
         return False
     due = analysis_due_at(spec, status)
-    return due is None or now >= due - interval_of(spec) * JITTER_FRACTION
+    return due is None or now >= due - min(interval_of(spec) * JITTER_FRACTION, JITTER_MAX)
 
 
 # --- decide ------------------------------------------------------------------------------------
