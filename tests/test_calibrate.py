@@ -180,3 +180,25 @@ def test_calibrate_on_shared_mmlu_train(tmp_path):
     base = capable_baseline(train)
     assert ev.accuracy >= base.accuracy - 0.01
     assert all(len(t.confidence.calibration or []) <= 20 for t in spec.tiers)
+
+
+def test_long_cascades_are_searched_by_coordinate_ascent():
+    rng = random.Random(9)
+    n_t = 5
+    rows = []
+    for _ in range(400):
+        raws = tuple(rng.random() for _ in range(n_t))
+        correct = tuple(t == n_t - 1 or r >= 0.7 or rng.random() < 0.4 for t, r in enumerate(raws))
+        cost = tuple(float(2**t) for t in range(n_t))
+        rows.append(Row("q", "b", "train", "c", "p", raws, correct, cost, ("A",) * n_t))
+    tiers = "\n".join(
+        f'  - {{name: t{i}, baseUrl: "http://127.0.0.1:{9100 + i}/v1", model: m{i}}}' for i in range(n_t)
+    )
+    _, spec = load_policy_spec_text(f"tiers:\n{tiers}\n")
+    obj = SelectionObjective(max_accuracy_drop=0.02, confidence=0.0)
+    cal = calibrate(spec, rows, obj)
+    assert len(cal.results) < 4000  # not the exhaustive product
+    ev = evaluate(cal.spec, rows)
+    base = capable_baseline(rows)
+    assert ev.accuracy >= base.accuracy - 0.02
+    assert ev.cost < base.cost
