@@ -43,6 +43,7 @@ ROWS = [
     row("easy", "easy question", (0.95, 0.9, 0.9)),
     row("medium", "medium question", (0.5, 0.95, 0.9)),
     row("hard", "hard question", (0.3, 0.4, 0.9)),
+    row("same", "same answer question", (0.95, 0.9, 0.9), answers={m: "B" for m in MODELS}),
     row("long", "long question", (0.2, 0.95, 0.9), answers={m: LONG_ANSWER for m in MODELS}, tokens_out=40),
 ]
 
@@ -476,3 +477,26 @@ def test_prompt_logging_only_when_enabled(sims, tmp_path):
     with start_proxy(f) as p:
         post(p, chat("easy question"))
         assert read_log(log)[-1]["messages"] == [{"role": "user", "content": "easy question"}]
+
+
+def test_shadow_scoring_measures_false_accepts(sims, tmp_path):
+    log = tmp_path / "d.jsonl"
+    cfg = {
+        "kind": "ProxyConfig",
+        "policy": "unit",
+        "stable": {"name": "r1", "cascade": cascade(sims)},
+        "settings": {"decisionLog": str(log), "shadowRate": 1.0},
+    }
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    with start_proxy(f) as p:
+        post(p, chat("easy question"))  # cheap answers "cheap-easy", big would say "big-easy"
+        post(p, chat("same answer question"))  # both say "B"
+        post(p, chat("hard question", stream=True))  # answered by the last tier: nothing to shadow
+        shadows = read_log(log, 2, event="shadow")
+        assert sorted(e["agree"] for e in shadows) == [False, True]
+        assert {e["tier"] for e in shadows} == {"cheap"}
+        assert metric(p, "tierguard_shadow_samples_total", tier="cheap") == 2
+        assert metric(p, "tierguard_shadow_disagreements_total", tier="cheap") == 1
+        assert metric(p, "tierguard_shadow_samples_total", tier="big") == 0
+        assert metric(p, "tierguard_shadow_cost_usd_total") > 0

@@ -9,8 +9,12 @@ PREFIX = "tierguard"
 
 # counters (exported with the _total suffix)
 TIER_REQUESTS = f"{PREFIX}_tier_requests"  # labels: policy, revision, tier, outcome(accepted|escalated|error)
-REQUESTS = f"{PREFIX}_requests"  # labels: policy, revision, tier (answering tier, "none" on error), status(ok|error)
-ESCALATIONS = f"{PREFIX}_escalations"  # labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
+REQUESTS = (
+    f"{PREFIX}_requests"  # labels: policy, revision, tier (answering tier, "none" on error), status(ok|error)
+)
+ESCALATIONS = (
+    f"{PREFIX}_escalations"  # labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
+)
 TOKENS = f"{PREFIX}_tokens"  # labels: policy, revision, tier, direction(in|out)
 COST_USD = f"{PREFIX}_cost_usd"  # labels: policy, revision, tier
 COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy, revision
@@ -26,12 +30,17 @@ REQUEST_LATENCY = f"{PREFIX}_request_latency_seconds"  # end to end; labels: pol
 
 # gauges
 IN_FLIGHT = f"{PREFIX}_in_flight_requests"  # labels: policy
-CONFIG_INFO = f"{PREFIX}_config_info"  # value 1; labels: policy, config_hash, stable_revision, canary_revision
+CONFIG_INFO = (
+    f"{PREFIX}_config_info"  # value 1; labels: policy, config_hash, stable_revision, canary_revision
+)
 CANARY_WEIGHT = f"{PREFIX}_canary_weight"  # labels: policy
 
-# reserved for shadow scoring and drift (exported once those features land)
-SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier
+# shadow scoring: the last tier re-answers a sample of accepted cheap-tier answers
+SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier (the tier that was accepted)
 SHADOW_DISAGREEMENTS = f"{PREFIX}_shadow_disagreements"  # labels: policy, revision, tier
+SHADOW_COST_USD = f"{PREFIX}_shadow_cost_usd"  # labels: policy, revision
+SHADOW_SKIPPED = f"{PREFIX}_shadow_skipped"  # labels: policy, reason(busy|error)
+# reserved for confidence drift (exported once that feature lands)
 CONFIDENCE_PSI = f"{PREFIX}_confidence_psi"  # gauge; labels: policy, revision, tier
 
 CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from . import API_GROUP, API_VERSION
@@ -26,9 +34,7 @@ CAPABLE_ONLY = "capable-only"
 class Model(BaseModel):
     """Base: camelCase aliases, snake_case accepted too, unknown fields rejected."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -38,7 +44,9 @@ class SecretSource(Model):
     """Where a secret (an API key, a signing key) comes from: an environment variable or a file."""
 
     env: str | None = Field(default=None, description="Name of an environment variable holding the value.")
-    file: str | None = Field(default=None, description="Path of a file holding the value (e.g. a mounted Secret).")
+    file: str | None = Field(
+        default=None, description="Path of a file holding the value (e.g. a mounted Secret)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretSource:
@@ -51,7 +59,10 @@ class TierConfidence(Model):
     """How one tier's raw confidence is calibrated and where it is accepted."""
 
     threshold: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="Accept the tier's answer at or above this calibrated confidence."
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Accept the tier's answer at or above this calibrated confidence.",
     )
     calibration: list[Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
         default=None,
@@ -102,22 +113,29 @@ class ConfidenceSpec(Model):
         "self_eval: ask the same tier to verify its answer, confidence = P(Y).",
     )
     aggregate: Aggregate = Field(default="quantile", description="How token probabilities are aggregated.")
-    quantile: float = Field(default=0.1, ge=0.0, le=1.0, description="The quantile used by aggregate=quantile.")
+    quantile: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="The quantile used by aggregate=quantile."
+    )
     self_eval_prompt: str = Field(
-        default=DEFAULT_SELF_EVAL_PROMPT, description="The verification question sent after the tier's answer."
+        default=DEFAULT_SELF_EVAL_PROMPT,
+        description="The verification question sent after the tier's answer.",
     )
     early_abort: bool = Field(
         default=True, description="Stop a streaming tier as soon as acceptance has become impossible."
     )
     assumed_max_tokens: int = Field(
-        default=4096, ge=1, description="Answer length bound for early abort when the request sets no max_tokens."
+        default=4096,
+        ge=1,
+        description="Answer length bound for early abort when the request sets no max_tokens.",
     )
 
 
 class CascadeSpec(Model):
     """What a revision is made of: the ordered tiers and how confidence is judged."""
 
-    tiers: list[Tier] = Field(min_length=2, max_length=16, description="Cheapest first; the last tier always answers.")
+    tiers: list[Tier] = Field(
+        min_length=2, max_length=16, description="Cheapest first; the last tier always answers."
+    )
     confidence: ConfidenceSpec = Field(default_factory=ConfidenceSpec)
 
     @field_validator("tiers")
@@ -154,8 +172,12 @@ def default_steps() -> list[RolloutStep]:
 class RolloutSpec(Model):
     steps: list[RolloutStep] = Field(default_factory=default_steps, min_length=1)
     interval: str = Field(default="1m", pattern=r"^\d+(ms|s|m|h)$", description="Analysis interval.")
-    failure_threshold: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
-    min_samples: int = Field(default=50, ge=0, description="Requests per tier per interval needed for a verdict.")
+    failure_threshold: int = Field(
+        default=2, ge=1, le=100, description="Failed checks that trigger a rollback."
+    )
+    min_samples: int = Field(
+        default=50, ge=0, description="Requests per tier per interval needed for a verdict."
+    )
     progress_deadline: str = Field(default="30m", pattern=r"^\d+(ms|s|m|h)$")
 
     @field_validator("steps")
@@ -177,6 +199,17 @@ class ProxyDeployment(Model):
     port: int = Field(default=8080, ge=1, le=65535)
     resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
     feedback_key: SecretSource | None = Field(default=None, description="HMAC key for signed response ids.")
+    shadow_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of accepted cheap-tier answers that the last tier re-answers to measure "
+        "the false-accept rate (shadow scoring).",
+    )
+    shadow_max_in_flight: int = Field(
+        default=16, ge=1, le=10000, description="Concurrent shadow calls at most."
+    )
+    log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
 
 
 class CascadePolicySpec(CascadeSpec):
@@ -245,8 +278,22 @@ class Revision(Model):
 class ProxySettings(Model):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
-    decision_log: str | None = Field(default="-", description="Path of the JSONL decision log; '-' is stdout.")
+    decision_log: str | None = Field(
+        default="-", description="Path of the JSONL decision log; '-' is stdout."
+    )
     feedback_key: SecretSource | None = None
+    shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_max_in_flight: int = Field(default=16, ge=1, le=10000)
+
+    @classmethod
+    def from_deployment(cls, proxy: ProxyDeployment) -> ProxySettings:
+        """The proxy settings a CascadePolicy's ``spec.proxy`` asks for."""
+        return cls(
+            feedback_key=proxy.feedback_key,
+            shadow_rate=proxy.shadow_rate,
+            shadow_max_in_flight=proxy.shadow_max_in_flight,
+            log_prompts=proxy.log_prompts,
+        )
 
 
 class ProxyConfig(Model):
@@ -333,7 +380,7 @@ def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
         policy=name,
         namespace=namespace,
         stable=Revision.of(spec.cascade()),
-        settings=ProxySettings(feedback_key=spec.proxy.feedback_key),
+        settings=ProxySettings.from_deployment(spec.proxy),
     )
 
 
@@ -347,7 +394,9 @@ def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     except yaml.YAMLError as err:
         raise PolicyError(f"{p}: not valid YAML: {err}") from None
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
-        return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(data.get("spec"), str(p))
+        return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(
+            data.get("spec"), str(p)
+        )
     return p.stem, parse_policy_spec(data, str(p))
 
 

@@ -116,7 +116,7 @@ def proxy_config(
         stable=stable,
         canary=canary,
         canary_weight=weight if canary is not None else 0,
-        settings=ProxySettings(feedback_key=spec.proxy.feedback_key),
+        settings=ProxySettings.from_deployment(spec.proxy),
     )
 
 

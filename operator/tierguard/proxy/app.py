@@ -26,6 +26,7 @@ from .decision_log import DecisionLog
 from .ids import IdSigner, InvalidId
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime, Runtime
+from .shadow import ShadowScorer, message_text
 from .upstream import Completion, StreamState, TierClient, TierFailure
 
 log = logging.getLogger("tierguard.proxy")
@@ -134,6 +135,7 @@ class ProxyApp:
         self.metrics = ProxyMetrics(config.policy)
         self.signer = signer
         self.decision_log = decision_log
+        self.shadow = ShadowScorer(self.metrics, decision_log)
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
         self.runtime: Runtime | None = None
@@ -163,6 +165,7 @@ class ProxyApp:
 
     async def _cleanup(self, _app: web.Application) -> None:
         self._flusher.cancel()
+        await self.shadow.close()
         if self.session is not None:
             await self.session.close()
         self.decision_log.close()
@@ -359,12 +362,27 @@ class ProxyApp:
             attempt.latency_s = comp.latency_s
             attempt.tokens_in, attempt.tokens_out = comp.tokens_in, comp.tokens_out
             attempt.cost_usd = client.tier.cost_usd(comp.tokens_in, comp.tokens_out)
-            text = _message_text(comp.body)
+            text = message_text(comp.body)
             attempt.judgement = await self._judge(rev, i, client, body, comp, text, comp.logprobs, attempt)
             if attempt.judgement.accepted:
                 outcome.answered = i
-                return self._answer(body, comp.body, outcome)
+                response = self._answer(body, comp.body, outcome)
+                self._maybe_shadow(rt, outcome, body, text)
+                return response
         raise AssertionError("the last tier always answers")  # pragma: no cover
+
+    def _maybe_shadow(self, rt: Runtime, outcome: Outcome, body: dict[str, Any], answer: str) -> None:
+        assert outcome.answered is not None
+        settings = rt.config.settings
+        self.shadow.maybe_sample(
+            outcome.revision,
+            outcome.answered,
+            settings.shadow_rate,
+            settings.shadow_max_in_flight,
+            body,
+            answer,
+            outcome.response_id,
+        )
 
     def _issue_id(self, outcome: Outcome) -> str:
         assert outcome.answered is not None
@@ -461,6 +479,7 @@ class ProxyApp:
                         await resp.write(out)
                 await resp.write(b"data: [DONE]\n\n")
                 await resp.write_eof()
+                self._maybe_shadow(rt, outcome, body, "".join(state.text))
                 return resp
             # The last tier streams through as it arrives.
             resp_started: web.StreamResponse | None = None
@@ -598,14 +617,6 @@ class ProxyApp:
         if rt.config.settings.log_prompts:  # off unless explicitly enabled
             entry["messages"] = body.get("messages")
         self.decision_log.write(entry)
-
-
-def _message_text(body: dict[str, Any]) -> str:
-    try:
-        content = body["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
-    return content if isinstance(content, str) else ""
 
 
 def p_yes(body: dict[str, Any]) -> float | None:

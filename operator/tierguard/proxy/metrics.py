@@ -59,6 +59,19 @@ class ProxyMetrics:
         self.canary_weight = Gauge(m.CANARY_WEIGHT, "Canary traffic share in percent", ["policy"], registry=r)
         self.reloads = Counter(m.CONFIG_RELOADS, "Config reloads by result", ["policy", "result"], registry=r)
 
+        self.shadow_samples = Counter(
+            m.SHADOW_SAMPLES, "Accepted answers re-answered by the last tier", rt, registry=r
+        )
+        self.shadow_disagreements = Counter(
+            m.SHADOW_DISAGREEMENTS, "Shadow samples whose last-tier answer differs", rt, registry=r
+        )
+        self.shadow_cost = Counter(
+            m.SHADOW_COST_USD, "Cost in USD of shadow calls", ["policy", "revision"], registry=r
+        )
+        self.shadow_skipped = Counter(
+            m.SHADOW_SKIPPED, "Shadow samples not taken", ["policy", "reason"], registry=r
+        )
+
     def set_config(self, config_hash: str, stable: str, canary: str | None, weight: int) -> None:
         self.config_info.clear()
         self.config_info.labels(self.policy, config_hash, stable, canary or "").set(1)
