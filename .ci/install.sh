@@ -24,7 +24,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-PKGS=(prometheus openssl ca-certificates curl util-linux)
+# chromium: headless rendering check of the replay HTML report (tests/test_replay_html.py)
+PKGS=(prometheus openssl ca-certificates curl util-linux chromium)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,5 +1,6 @@
 """The replay report's HTML: self-contained (no scripts, no remote resources) and rendered by a real browser."""
 
+import os
 import re
 import shutil
 import struct
@@ -94,6 +95,8 @@ def _png_pixels(data):
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     browser = _chromium()
     if browser is None:
+        if os.environ.get("CI"):  # .ci/install.sh installs it: a missing browser in CI is a failure
+            pytest.fail("no Chromium installed (apt-get install -y chromium)")
         pytest.skip("no Chromium installed (apt-get install -y chromium)")
     html = report_dir / "report.html"
     flags = [
