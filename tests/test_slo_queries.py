@@ -170,6 +170,7 @@ TIERS = ["small", "medium", "large"]
         ({"signal": "error_rate", "max": 0.1, "tier": "medium"}, ["medium"]),
         ({"signal": "escalation_rate", "max": 0.5}, ["small", "medium"]),
         ({"signal": "escalation_rate", "max": 0.5, "tier": "large"}, ["large"]),
+        ({"signal": "shadow_disagreement", "max": 0.2}, ["small", "medium"]),
         ({"signal": "cost_per_request", "max": 0.01}, [None]),
         ({"signal": "cost_per_request", "max": 0.01, "tier": "small"}, ["small"]),
         ({"query": "sum(up{policy='{{policy}}'})", "min": 1}, [None]),

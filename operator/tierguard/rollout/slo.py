@@ -31,8 +31,9 @@ QUANTILES: dict[str, float] = {"latency_p50": 0.5, "latency_p95": 0.95, "latency
 REVISION_WIDE_SIGNALS: frozenset[str] = frozenset({"cost_per_request"})
 """Signals evaluated once per revision when the objective names no tier."""
 
-NOT_FOR_LAST_TIER: frozenset[str] = frozenset({"escalation_rate"})
-"""Signals skipped for the last tier when the objective names no tier (it never escalates)."""
+NOT_FOR_LAST_TIER: frozenset[str] = frozenset({"escalation_rate", "shadow_disagreement"})
+"""Signals skipped for the last tier when the objective names no tier: it never escalates, and it is
+the reference shadow scoring compares the other tiers with."""
 
 
 class TemplateError(ValueError):
@@ -164,8 +165,8 @@ def objective_tiers(obj: Objective, tiers: Sequence[str]) -> list[str | None]:
 
     An objective with a ``tier`` is checked for that tier. Without one it is checked for every
     tier, except: revision-wide signals (``cost_per_request``) and custom queries without
-    ``{{tier}}`` are checked once, and ``escalation_rate`` skips the last tier (which always
-    answers).
+    ``{{tier}}`` are checked once, and ``escalation_rate`` and ``shadow_disagreement`` skip the
+    last tier (it always answers, and it is the reference of shadow scoring).
     """
     if obj.tier is not None:
         return [obj.tier]
