@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
 
 from tierguard.kube import render
+from tierguard.kube.handlers import event_body, merge_diff
+from tierguard.kube.validate import validate_policy
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
 
 SPEC: dict[str, Any] = {
@@ -184,3 +187,101 @@ def test_revision_names_are_content_hashes() -> None:
     # rollout/proxy settings are not part of the revision
     assert render.revision_for(spec(rollout={"interval": "5m"})).name == render.revision_for(s).name
     assert isinstance(render.proxy_config("a", "b", s, render.revision_for(s), None, 0), ProxyConfig)
+
+
+# --- pure helpers of the reconciler ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "patch"),
+    [
+        ({}, {"a": 1}, {"a": 1}),
+        ({"a": 1}, {"a": 1}, {}),
+        ({"a": 1, "b": 2}, {"a": 1}, {"b": None}),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1}}, {"a": {"y": None}}),
+        ({"a": {"x": 1}}, {"a": {"x": 2, "z": 3}}, {"a": {"x": 2, "z": 3}}),
+        ({"l": [1, 2]}, {"l": [1]}, {"l": [1]}),
+        ({"a": {"x": 1}}, {"a": 5}, {"a": 5}),
+    ],
+)
+def test_merge_diff_is_an_rfc7386_patch(
+    old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]
+) -> None:
+    assert merge_diff(old, new) == patch
+    assert _apply_merge_patch(old, patch) == new
+
+
+def _apply_merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _apply_merge_patch(out.get(k), v)
+    return out
+
+
+def test_event_body_points_at_the_policy() -> None:
+    owner = {**OWNER, "metadata": {**OWNER["metadata"], "resourceVersion": "42"}}
+    ev = event_body(
+        owner, "Warning", "RolledBack", "x" * 2000, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "host"
+    )
+    assert ev["involvedObject"] == {
+        "apiVersion": "tierguard.io/v1alpha1",
+        "kind": "CascadePolicy",
+        "name": "chat",
+        "namespace": "prod",
+        "uid": "1234-abcd",
+        "resourceVersion": "42",
+    }
+    assert ev["type"] == "Warning" and ev["reason"] == "RolledBack" and len(ev["message"]) == 1024
+    assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-01-02T03:04:05Z"
+    assert ev["metadata"] == {"generateName": "chat.", "namespace": "prod"}
+
+
+SLO = {"spec": {"objectives": [{"name": "errors", "tier": "mini", "signal": "error_rate", "max": 0.05}]}}
+
+
+@pytest.mark.parametrize(
+    ("name", "spec_over", "slos", "needle"),
+    [
+        ("chat", {"slos": [{"name": "missing"}]}, {}, "'missing' not found"),
+        ("chat", {"slos": [{"name": "q"}]}, {"q": {"spec": {"objectives": []}}}, "QualitySLO 'q' is invalid"),
+        (
+            "chat",
+            {"slos": [{"name": "q"}]},
+            {
+                "q": {
+                    "spec": {"objectives": [{"name": "e", "tier": "huge", "signal": "error_rate", "max": 1}]}
+                }
+            },
+            "'huge'",
+        ),
+        (
+            "chat",
+            {"slos": [{"name": "q"}]},
+            {"q": {"spec": {"objectives": [{"name": "e", "query": "rate(x{a='{{pod}}'}[1m])", "max": 1}]}}},
+            "{{pod}}",
+        ),
+        ("chat", {"rollout": {"steps": [{"weight": 100}, {"weight": 100}]}}, {}, "increasing"),
+        ("chat", {"tiers": SPEC["tiers"][:1]}, {}, "tiers"),
+        ("x" * 60, {}, {}, "name"),
+    ],
+)
+def test_policies_that_cannot_work_say_what_to_fix(
+    name: str, spec_over: dict[str, Any], slos: dict[str, Any], needle: str
+) -> None:
+    data = {**SPEC, **spec_over}
+    refs = [s["name"] for s in data.get("slos", [])]
+    result = validate_policy(name, data, {r: slos.get(r) for r in refs})
+    assert not result.ok
+    assert result.problem is not None and needle in result.problem, result.problem
+    assert "\n" not in result.problem  # one line: it goes into a condition message
+
+
+def test_a_usable_policy_resolves_its_slos() -> None:
+    result = validate_policy("chat", {**SPEC, "slos": [{"name": "q"}]}, {"q": SLO})
+    assert result.ok and result.spec is not None
+    assert [o.name for o in result.slos["q"].objectives] == ["errors"]

@@ -10,7 +10,8 @@ policy), in a worker thread (the Prometheus client is synchronous)::
     observe if an analysis is due: query the metrics provider     -> Observations
     decide  decide(...) -> next_status(...)
     apply   status (merge patch with a resourceVersion precondition), then the children
-            (server-side apply; the ConfigMap only when the config hash changed)
+            (server-side apply, only what changed since the last apply, and everything again
+            every RESYNC_SECONDS to repair hand edits)
     record  an Event for every transition
 
 It is called by the create/update/resume handlers (spec or annotation changed: no analysis) and by
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import socket
 import threading
@@ -71,6 +74,7 @@ ACTION_VALUES: dict[str, tuple[str, bool]] = {
 COMPONENT = "tierguard-operator"
 MAX_IDLE_SECONDS = 60.0  # a daemon re-reconciles at least this often (drift repair, deadlines)
 RETRY_SECONDS = 2.0
+RESYNC_SECONDS = 600.0  # children are applied again at least this often (repairs hand edits)
 
 
 class Observer(Protocol):
@@ -126,7 +130,9 @@ class Reconciler:
         self._service_monitors = service_monitors
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._applied: dict[tuple[Key, str], str] = {}  # (policy, kind) -> fingerprint applied
+        # (policy, kind) -> (fingerprint, monotonic time) of the last apply
+        self._applied: dict[tuple[Key, str], tuple[str, float]] = {}
+        self.resync_seconds = RESYNC_SECONDS
         self.slo_cache: dict[Key, dict[str, Any]] = {}  # fed by the QualitySLO watch
         self.wakers: dict[Key, Callable[[], None]] = {}
         self.instance = socket.gethostname()
@@ -331,10 +337,15 @@ class Reconciler:
         for child in kids:
             fingerprint = _fingerprint(child)
             slot = (key, child["kind"])
-            if self._applied.get(slot) == fingerprint:
+            last = self._applied.get(slot)
+            if (
+                last is not None
+                and last[0] == fingerprint
+                and time.monotonic() - last[1] < self.resync_seconds
+            ):
                 continue
             self.api.apply(child)
-            self._applied[slot] = fingerprint
+            self._applied[slot] = (fingerprint, time.monotonic())
 
     def _post_events(self, obj: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
@@ -348,9 +359,6 @@ class Reconciler:
 
 
 def _fingerprint(obj: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
