@@ -426,8 +426,9 @@ def test_new_policy_gets_owned_children_status_and_events(env: Env) -> None:
         assert child is not None, path
         (ref,) = child["metadata"]["ownerReferences"]
         assert ref["uid"] == uid and ref["kind"] == "CascadePolicy" and ref["controller"] is True, ref
-    # no ServiceMonitor CRD in this cluster: none rendered, nothing failed
-    assert get(env.cluster, "/apis/monitoring.coreos.com/v1") is None
+    # no ServiceMonitor CRD in this cluster (yet): none rendered, nothing failed
+    if get(env.cluster, "/apis/monitoring.coreos.com/v1") is None:
+        assert "servicemonitors" not in env.operator.log()
 
     # the ConfigMap is the ProxyConfig the proxy loads: capable-only stable, the spec's revision at 5%
     spec = CascadePolicySpec.model_validate(obj["spec"])
@@ -920,3 +921,55 @@ def test_ticks_a_concurrent_change_makes_the_reconcile_read_again(
     assert meddling.calls["GET cascadepolicies"] == 2 and meddling.calls["PATCH cascadepolicies/status"] == 2
     uid = get(kube_cluster, policies_path(ns, "twins"))["metadata"]["uid"]
     assert [e["reason"] for e in events_of(kube_cluster, ns, uid)].count("StepAdvanced") == 1
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def test_ticks_render_a_service_monitor_when_the_prometheus_operator_crd_exists(
+    kube_cluster: KubeCluster, ticks: tuple[str, KubeApi]
+) -> None:
+    """With the Prometheus Operator's CRD (a stand-in with its name and group), the policy also
+    gets an owned ServiceMonitor, and the chart's role is allowed to write it."""
+    ns, api = ticks
+    crd_path = (
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{SERVICE_MONITOR_CRD['metadata']['name']}"
+    )
+    server_side_apply(kube_cluster, crd_path, SERVICE_MONITOR_CRD)
+    try:
+        until(
+            lambda: get(kube_cluster, "/apis/monitoring.coreos.com/v1") is not None,
+            30,
+            "the CRD to be served",
+        )
+        created = kube_cluster.create(policies_path(ns), policy_manifest("monitored", ns, interval="20s"))
+        _reconciler(api, Metrics(), Clock()).reconcile(ns, "monitored", analyse=False)
+        sm = get(
+            kube_cluster, f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors/monitored-proxy"
+        )
+        assert sm is not None
+        assert sm["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+        assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "5s"}]
+        svc = get(kube_cluster, f"/api/v1/namespaces/{ns}/services/monitored-proxy")
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    finally:
+        kube_cluster.request("DELETE", crd_path, check=False)

@@ -128,6 +128,7 @@ class Reconciler:
         self.observer = observer
         self.clock = clock
         self._service_monitors = service_monitors
+        self._sm_checked: tuple[bool, float] | None = None
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # (policy, kind) -> (fingerprint, monotonic time) of the last apply
@@ -159,15 +160,21 @@ class Reconciler:
                 self.wake(key)
 
     def service_monitors_supported(self) -> bool:
-        if self._service_monitors is None:
+        """Whether the Prometheus Operator's ServiceMonitor CRD is served (discovery, asked again
+        every ``resync_seconds`` unless fixed by the constructor)."""
+        if self._service_monitors is not None:
+            return self._service_monitors
+        now = time.monotonic()
+        if self._sm_checked is None or now - self._sm_checked[1] >= self.resync_seconds:
             try:
-                self._service_monitors = self.api.has_resource(
+                found = self.api.has_resource(
                     render.SERVICE_MONITOR_GROUP, render.SERVICE_MONITOR_VERSION, "servicemonitors"
                 )
             except KubeError as err:
                 log.warning("cannot discover ServiceMonitor support (assuming none): %s", err)
-                return False
-        return self._service_monitors
+                found = False
+            self._sm_checked = (found, now)
+        return self._sm_checked[0]
 
     def _slo_bodies(self, namespace: str, names: list[str]) -> dict[str, dict[str, Any] | None]:
         out: dict[str, dict[str, Any] | None] = {}
