@@ -29,7 +29,9 @@ class ModelOutcome(BaseModel):
 
     answer: str
     correct: bool | None = None
-    conf_logprob: float | None = Field(default=None, description="Log-probability behind the confidence; null if none.")
+    conf_logprob: float | None = Field(
+        default=None, description="Log-probability behind the confidence; null if none."
+    )
     latency_ms: float | None = Field(default=None, ge=0)
     tokens_in: int | None = Field(default=None, ge=0)
     tokens_out: int | None = Field(default=None, ge=0)

@@ -7,6 +7,7 @@ accepted on input. ``crds/*.yaml`` is generated from these models (``tierguard c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -66,7 +67,8 @@ class TierConfidence(Model):
     )
     calibration: list[Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
         default=None,
-        description="Monotone piecewise-linear map from raw to calibrated confidence: [[raw, calibrated], ...].",
+        description="Monotone piecewise-linear map from raw to calibrated confidence: "
+        "[[raw, calibrated], ...].",
     )
 
     @field_validator("calibration")
@@ -184,7 +186,7 @@ class RolloutSpec(Model):
     @classmethod
     def _increasing(cls, steps: list[RolloutStep]) -> list[RolloutStep]:
         weights = [s.weight for s in steps]
-        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(weights)):
             raise ValueError(f"step weights must be strictly increasing, got {weights}")
         return steps
 
