@@ -276,8 +276,13 @@ def start_tierguard(
     name: str = "tierguard",
     no_uvloop: bool = False,
     nice: int = 0,
+    source: Path | None = None,
 ) -> tuple[Proc, str]:
-    """A ``tierguard proxy`` on a free port; returns it and its base URL (no /v1)."""
+    """A ``tierguard proxy`` on a free port; returns it and its base URL (no /v1).
+
+    ``source``: a directory holding another ``tierguard`` package (e.g. ``git archive`` of an
+    earlier commit) to run instead of the installed one, for before/after comparisons.
+    """
     port = free_port()
     argv = tierguard_argv(
         [
@@ -297,7 +302,12 @@ def start_tierguard(
         nice=nice,
         no_uvloop=no_uvloop,
     )
-    proc = Proc(f"{name}-{port}", argv, log_dir=log_dir, env={"TIERGUARD_FEEDBACK_KEY": "bench-key"})
+    env = {"TIERGUARD_FEEDBACK_KEY": "bench-key"}
+    if source is not None:
+        if not (source / "tierguard" / "__init__.py").is_file():
+            raise BenchError(f"{source}: no tierguard package there")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH", "")]))
+    proc = Proc(f"{name}-{port}", argv, log_dir=log_dir, env=env)
     proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
     return proc, f"http://127.0.0.1:{port}"
 

@@ -14,6 +14,9 @@ Targets, all answering from the same simulator process:
 - ``tierguard``: ``tierguard proxy`` with its decision log written to a file;
 - ``tierguard-nolog``: the same with ``--decision-log off``;
 - ``tierguard-asyncio``: decision log to a file, uvloop hidden (stock asyncio loop);
+- ``tierguard-ref``: like ``tierguard``, but the package from ``--ref-src`` (an earlier
+  version, e.g. ``git archive REV operator/tierguard | tar -x -C DIR`` and ``--ref-src
+  DIR/operator``): before/after comparisons of proxy changes in one run;
 - ``litellm``: LiteLLM's proxy (1 uvicorn worker, no database, no master key, no callbacks).
 
 Every round runs every scenario for every target, targets in rotating order; the report gives
@@ -64,7 +67,7 @@ from benchlib import (
 )
 from tierguard.outcomes import load_outcomes
 
-ALL_TARGETS = ("direct", "tierguard", "tierguard-nolog", "tierguard-asyncio", "litellm")
+ALL_TARGETS = ("direct", "tierguard", "tierguard-nolog", "tierguard-asyncio", "tierguard-ref", "litellm")
 DEFAULT_TARGETS = ("direct", "tierguard", "tierguard-nolog", "litellm")
 TIER0_THRESHOLD = 0.05
 
@@ -395,6 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-c1", action="store_true", help="skip the one-connection scenario")
     p.add_argument("--no-sat", action="store_true", help="skip the saturation scenario")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list from {ALL_TARGETS}")
+    p.add_argument("--ref-src", type=Path, default=None, help="directory with the tierguard-ref package")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--loadgen-cpus", default="0", help="CPUs of wrk (taskset list)")
     p.add_argument("--sim-cpus", default="0", help="CPUs of the simulators")
@@ -409,6 +413,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [t for t in args.targets if t not in ALL_TARGETS]
     if bad:
         p.error(f"unknown target(s) {', '.join(bad)}; known: {', '.join(ALL_TARGETS)}")
+    if "tierguard-ref" in args.targets and args.ref_src is None:
+        p.error("target tierguard-ref needs --ref-src")
     if "direct" not in args.targets:
         args.targets.insert(0, "direct")
     try:
@@ -496,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     name=name,
                     no_uvloop=name == "tierguard-asyncio",
                     nice=args.nice,
+                    source=args.ref_src if name == "tierguard-ref" else None,
                 )
             procs.append(proc)
             targets.append(Target(name, url, proc))
