@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,7 @@ class WrkResult:
     p99_ms: float
     mean_ms: float
     max_ms: float
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -372,6 +373,7 @@ def run_wrk(
                 p99_ms=d["p99_us"] / 1000,
                 mean_ms=d["lat_mean_us"] / 1000,
                 max_ms=d["lat_max_us"] / 1000,
+                error_kinds={k[len("errors_") :]: int(d[k]) for k in d if k.startswith("errors_") and d[k]},
             )
     raise BenchError(f"wrk produced no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 

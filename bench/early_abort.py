@@ -4,7 +4,7 @@ A two-tier cascade over the real recorded outcomes: tier 0 ``llama3.2-1b``, tier
 both ``tierguard sim`` processes replaying the recorded latencies (scaled by
 ``--latency-scale``) as token streams. The prompts are GSM8K questions, whose answers are long
 step-by-step solutions, and only those whose recorded tier-0 confidence is below the tier-0
-threshold: every request escalates. Aggregation is ``min``.
+threshold: every request escalates. Aggregation is ``min`` (``--aggregate`` to change it).
 
 Two proxies serve the same policy but for ``confidence.earlyAbort``: ``true`` stops tier 0's
 stream as soon as no continuation can reach the threshold, ``false`` reads it to the end before
@@ -87,7 +87,7 @@ def select_rows(data: Path, tier0: str, tier1: str, threshold: float, count: int
 
 
 def write_policy(
-    path: Path, urls: tuple[str, str], models: tuple[str, str], threshold: float, abort: bool
+    path: Path, urls: tuple[str, str], models: tuple[str, str], threshold: float, abort: bool, aggregate: str
 ) -> None:
     spec = {
         "tiers": [
@@ -100,7 +100,7 @@ def write_policy(
             },
             {"name": "large", "baseUrl": urls[1], "model": models[1], "timeoutSeconds": 120},
         ],
-        "confidence": {"method": "logprob", "aggregate": "min", "earlyAbort": abort},
+        "confidence": {"method": "logprob", "aggregate": aggregate, "quantile": 0.1, "earlyAbort": abort},
     }
     manifest = {
         "apiVersion": "tierguard.io/v1alpha1",
@@ -212,6 +212,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="streams in flight at once")
     p.add_argument("--latency-scale", type=float, default=0.5, help="multiplies the recorded latencies")
     p.add_argument("--max-tokens", type=int, default=1024, help="max_tokens of each request")
+    p.add_argument(
+        "--aggregate",
+        default="min",
+        choices=["min", "quantile", "mean"],
+        help="confidence aggregation (quantile q=0.1)",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--sim-cpus", default="0")
     p.add_argument("--proxy-cpus", default="1")
@@ -260,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         logs: dict[str, Path] = {}
         for mode in MODES:
             policy = log_dir / f"policy-{mode}.yaml"
-            write_policy(policy, (url0, url1), (args.tier0, args.tier1), args.threshold, mode == "abort")
+            write_policy(
+                policy,
+                (url0, url1),
+                (args.tier0, args.tier1),
+                args.threshold,
+                mode == "abort",
+                args.aggregate,
+            )
             logs[mode] = log_dir / f"decisions-{mode}.jsonl"
             proc, base = start_tierguard(
                 policy,

@@ -190,6 +190,10 @@ def start_litellm(
         str(port),
         "--num_workers",
         "1",
+        # uvicorn closes idle connections after 5 s by default; paced connections pause longer
+        # at times (aiohttp, under tierguard and the simulator, keeps them 75 s)
+        "--keepalive_timeout",
+        "75",
     ]
     env = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # offline: the bundled price map
@@ -273,6 +277,7 @@ def measure(
         loadgen_cpu=loadgen_cpu,
         other_cpu=other,
         loadavg=loadavg(),
+        extra={"error_kinds": res.error_kinds} if res.error_kinds else {},
     )
 
 
