@@ -190,6 +190,9 @@ def test_feedback_is_joined_to_the_decision(proxy):
     assert f.json()["tier"] == "mid"
     assert f.json()["revision"] == r.headers["x-tierguard-revision"]
     assert metric(proxy, "tierguard_feedback_total", tier="mid", rating="down") >= 1
+    again = httpx.post(f"{proxy.base}/v1/feedback", json={"id": r.json()["id"], "rating": "down"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate"
+    assert metric(proxy, "tierguard_feedback_rejected_total", reason="duplicate") >= 1
 
 
 @pytest.mark.parametrize(
@@ -226,6 +229,10 @@ def test_forged_feedback_is_rejected_and_counted(proxy, payload):
             "max_tokens",
         ),
         (json.dumps(chat("x" * (2 << 20))).encode(), 413, None),
+        (json.dumps(chat("x", stream=True, stream_options="yes")).encode(), 400, "stream_options"),
+        (json.dumps(chat("x", logprobs=True, top_logprobs=50)).encode(), 400, "top_logprobs"),
+        (json.dumps(chat("x", logprobs="yes")).encode(), 400, "logprobs"),
+        (json.dumps(chat("x", temperature="hot")).encode(), 400, "temperature"),
     ],
 )
 def test_bad_requests_get_openai_errors(proxy, raw, status, param):
@@ -358,10 +365,18 @@ def test_failures_escalate_and_last_tier_failure_is_an_openai_error(data_file, t
             set_faults(s["cheap"], error_rate=1.0, error_status=429)
             assert post(p, chat("easy question")).headers["x-tierguard-tier"] == "mid"
 
+            # a request the tier refuses as invalid is the client's mistake: answered at once, not a tier error
+            set_faults(s["cheap"], error_rate=1.0, error_status=400)
+            r = post(p, chat("easy question"))
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+            assert r.headers["x-tierguard-tiers-tried"] == "cheap"
+            assert metric(p, "tierguard_tier_requests_total", tier="cheap", outcome="client_error") == 1
+            assert metric(p, "tierguard_requests_total", status="client_error") == 1
+
             set_faults(s["cheap"], error_rate=0.0, malformed_rate=1.0)
             r = post(p, chat("easy question"))
             assert r.headers["x-tierguard-tier"] == "mid"
-            assert "malformed" in read_log(log, 3)[-1]["tiers"][0]["error"]
+            assert "malformed" in read_log(log, 4)[-1]["tiers"][0]["error"]
             set_faults(s["cheap"], malformed_rate=0.0)
 
             set_faults(s["cheap"], extra_latency_ms=3000)  # beyond the 1 s tier timeout

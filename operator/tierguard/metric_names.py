@@ -8,13 +8,12 @@ namespace is added by the scrape (pod/ServiceMonitor labels), not by the proxy.
 PREFIX = "tierguard"
 
 # counters (exported with the _total suffix)
-TIER_REQUESTS = f"{PREFIX}_tier_requests"  # labels: policy, revision, tier, outcome(accepted|escalated|error)
-REQUESTS = (
-    f"{PREFIX}_requests"  # labels: policy, revision, tier (answering tier, "none" on error), status(ok|error)
-)
-ESCALATIONS = (
-    f"{PREFIX}_escalations"  # labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
-)
+# labels: policy, revision, tier, outcome(accepted|escalated|error|client_error)
+TIER_REQUESTS = f"{PREFIX}_tier_requests"
+# labels: policy, revision, tier (the answering tier, "none" on error), status(ok|error|client_error)
+REQUESTS = f"{PREFIX}_requests"
+# labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
+ESCALATIONS = f"{PREFIX}_escalations"
 TOKENS = f"{PREFIX}_tokens"  # labels: policy, revision, tier, direction(in|out)
 COST_USD = f"{PREFIX}_cost_usd"  # labels: policy, revision, tier
 COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy, revision

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,10 +79,15 @@ class TierConfidence(Model):
             CalibrationMap([(p[0], p[1]) for p in v])  # raises ValueError with the reason
         return v
 
-    def calibration_map(self) -> CalibrationMap:
+    @cached_property
+    def _calibration_map(self) -> CalibrationMap:
         if not self.calibration:
             return CalibrationMap()
         return CalibrationMap([(p[0], p[1]) for p in self.calibration])
+
+    def calibration_map(self) -> CalibrationMap:
+        """The map, built once per (immutable) model: it is on the request path."""
+        return self._calibration_map
 
 
 class Tier(Model):

@@ -23,7 +23,7 @@ from ..cascade import Judgement, acceptance_impossible, judge, raw_confidence
 from ..confidence import confidence_bucket
 from ..policy import ProxyConfig
 from .decision_log import DecisionLog
-from .ids import IdSigner, InvalidId
+from .ids import IdSigner, InvalidId, SeenIds
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime, Runtime
 from .shadow import ShadowScorer, message_text
@@ -78,6 +78,17 @@ def validate_request(body: Any) -> dict[str, Any]:
         raise BadRequest("a cascade answers with one choice: 'n' must be 1", "n")
     if "user" in body and not isinstance(body["user"], str):
         raise BadRequest("'user' must be a string", "user")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise BadRequest("'stream_options' must be an object", "stream_options")
+    if "logprobs" in body and not isinstance(body["logprobs"], bool | None):
+        raise BadRequest("'logprobs' must be a boolean", "logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+        raise BadRequest("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
+    for key in ("temperature", "top_p"):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise BadRequest(f"'{key}' must be a number", key)
     return body
 
 
@@ -90,7 +101,12 @@ class Attempt:
     tokens_out: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    error_kind: str | None = None
     streamed_tokens: int | None = None
+
+    def failed(self, err: TierFailure) -> None:
+        self.error = str(err)
+        self.error_kind = err.kind
 
     def as_log(self) -> dict[str, Any]:
         j = self.judgement
@@ -136,6 +152,7 @@ class ProxyApp:
         self.signer = signer
         self.decision_log = decision_log
         self.shadow = ShadowScorer(self.metrics, decision_log)
+        self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
         self.runtime: Runtime | None = None
@@ -250,6 +267,15 @@ class ProxyApp:
                 param="id",
                 code=err.reason,
             )
+        if not self.feedback_seen.add(body["id"]):
+            self.metrics.feedback_rejected.labels(policy, "duplicate").inc()
+            return error_response(
+                409,
+                "feedback for this response was already recorded",
+                etype="invalid_request_error",
+                param="id",
+                code="duplicate",
+            )
         self.metrics.feedback.labels(policy, decision.revision, decision.tier, rating).inc()
         self.decision_log.write(
             {
@@ -331,6 +357,7 @@ class ProxyApp:
                 try:
                     raw = await self._self_eval(client, body, text, spec.confidence.self_eval_prompt)
                 except TierFailure as err:
+                    attempt.failed(err)
                     attempt.error = f"self_eval: {err}"
                     return judge(spec, i, None, error=True)
         j = judge(spec, i, raw)
@@ -352,9 +379,9 @@ class ProxyApp:
                 )
             except TierFailure as err:
                 comp = None
-                attempt.error = str(err)
+                attempt.failed(err)
                 attempt.judgement = judge(spec, i, None, error=True)
-                if i == len(rev.clients) - 1:
+                if i == len(rev.clients) - 1 or err.kind == "client_error":
                     outcome.failure = err
                     return self._failure_response(err, outcome)
                 continue
@@ -415,7 +442,7 @@ class ProxyApp:
 
     def _failure_response(self, err: TierFailure, outcome: Outcome) -> web.Response:
         etype = {"timeout": "timeout_error", "http_429": "rate_limit_error"}.get(err.kind, "upstream_error")
-        if err.kind == "http_4xx":
+        if err.kind in ("http_4xx", "client_error"):
             etype = "invalid_request_error"
         headers = {
             "x-tierguard-revision": outcome.revision.name,
@@ -450,9 +477,12 @@ class ProxyApp:
                     finally:
                         await gen.aclose()
                 except TierFailure as err:
-                    attempt.error = str(err)
+                    attempt.failed(err)
                     attempt.latency_s = time.perf_counter() - t0
                     attempt.judgement = judge(spec, i, None, error=True)
+                    if err.kind == "client_error":
+                        outcome.failure = err
+                        return self._failure_response(err, outcome)
                     continue
                 attempt.latency_s = time.perf_counter() - t0
                 attempt.tokens_in, attempt.tokens_out = (
@@ -496,7 +526,7 @@ class ProxyApp:
                     if out is not None:
                         await resp_started.write(out)
             except TierFailure as err:
-                attempt.error = str(err)
+                attempt.failed(err)
                 attempt.latency_s = time.perf_counter() - t0
                 if resp_started is None:
                     outcome.answered = None
@@ -565,14 +595,16 @@ class ProxyApp:
         tokens_in_first = 0
         for k, a in enumerate(outcome.attempts):
             j = a.judgement
-            if a.error is not None and (j is None or not j.accepted or outcome.failure is not None):
+            if a.error_kind == "client_error":
+                result = "client_error"  # the request's fault: not a tier error
+            elif a.error is not None and (j is None or not j.accepted or outcome.failure is not None):
                 result = "error"
             elif j is not None and j.accepted:
                 result = "accepted"
             else:
                 result = "escalated"
             m.tier_requests.labels(policy, rev, a.tier, result).inc()
-            if j is not None and not j.accepted:
+            if j is not None and not j.accepted and result != "client_error":
                 m.escalations.labels(policy, rev, a.tier, j.reason).inc()
             if j is not None and j.confidence is not None:
                 m.confidence.labels(policy, rev, a.tier).observe(j.confidence)
@@ -590,7 +622,12 @@ class ProxyApp:
         answered_tier = (
             outcome.revision.clients[outcome.answered].tier.name if outcome.answered is not None else "none"
         )
-        status = "error" if outcome.failure is not None or outcome.answered is None else "ok"
+        if outcome.failure is not None and outcome.failure.kind == "client_error":
+            status = "client_error"
+        elif outcome.failure is not None or outcome.answered is None:
+            status = "error"
+        else:
+            status = "ok"
         if outcome.attempts:
             m.requests.labels(policy, rev, answered_tier, status).inc()
             m.request_latency.labels(policy, rev).observe(latency_s)

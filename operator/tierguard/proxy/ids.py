@@ -11,13 +11,16 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..policy import SecretSource
 
 PREFIX = "chatcmpl-tg1."
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 KEY_ENV = "TIERGUARD_FEEDBACK_KEY"
 
 
@@ -63,6 +66,27 @@ def load_key(source: SecretSource | None) -> tuple[bytes, str]:
     return secrets.token_bytes(32), "random (feedback verifies on this replica only)"
 
 
+class SeenIds:
+    """Ids that already received feedback on this replica (bounded, oldest forgotten first).
+
+    One answer gets one rating per replica: a client cannot drive a thumbs-down rate by posting
+    the same id again. (Across replicas a repeat is not detected; see docs/proxy.md.)
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, response_id: str) -> bool:
+        """True if the id is new."""
+        if response_id in self._seen:
+            return False
+        self._seen[response_id] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+
 class IdSigner:
     def __init__(self, key: bytes) -> None:
         self._key = key
@@ -79,9 +103,9 @@ class IdSigner:
             raise InvalidId("malformed")
         body = response_id[len(PREFIX) :]
         payload, _, mac = body.partition(".")
-        if not payload or not mac:
+        if not payload or not mac or not _B64URL.fullmatch(payload) or not _B64URL.fullmatch(mac):
             raise InvalidId("malformed")
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
             raise InvalidId("bad_signature")
         try:
             revision, tier, bucket, _nonce = _unb64(payload).decode().split("|")

@@ -22,8 +22,14 @@ class TierFailure(Exception):
 
     def __init__(self, kind: str, message: str, status: int) -> None:
         super().__init__(message)
-        self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | malformed
+        self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | client_error | malformed
         self.status = status
+
+
+# Upstream statuses that blame the request itself (bad parameters, too large): the client's
+# mistake, answered at once and not counted as a tier error. Other 4xx (401/403/404: a tier
+# misconfigured, e.g. a wrong model name) are tier errors.
+CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 def resolve_api_key(tier: Tier) -> str | None:
@@ -52,18 +58,43 @@ class Completion:
 
 
 def token_logprobs(choice: dict[str, Any]) -> list[float]:
+    """The per-token log-probabilities of a choice; ValueError when they are present but malformed."""
     lp = choice.get("logprobs")
-    if not isinstance(lp, dict):
+    if lp is None:
         return []
-    content = lp.get("content")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if content is None:
+        return []
     if not isinstance(content, list):
-        return []
-    return [float(t["logprob"]) for t in content if isinstance(t, dict) and "logprob" in t]
+        raise ValueError("logprobs.content is not a list")
+    out = []
+    for t in content:
+        value = t.get("logprob") if isinstance(t, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value <= 1e-6:
+            raise ValueError("a token logprob is not a log-probability")
+        out.append(float(value))
+    return out
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("a token count is not a non-negative integer")
+    return value
 
 
 def _usage(body: dict[str, Any]) -> tuple[int, int]:
     usage = body.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    if not isinstance(usage, dict):
+        raise ValueError("usage is not an object")
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _transport_failure(tier: str, err: Exception) -> TierFailure:
+    if isinstance(err, TimeoutError):
+        return TierFailure("timeout", f"tier {tier} timed out", 504)
+    return TierFailure("connect", f"tier {tier} unreachable: {type(err).__name__}", 502)
 
 
 @dataclass
@@ -111,12 +142,8 @@ class TierClient:
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
-            except TimeoutError:
-                raise TierFailure("timeout", f"tier {self.tier.name} timed out", 504) from None
-            except aiohttp.ClientError as err:
-                raise TierFailure(
-                    "connect", f"tier {self.tier.name} unreachable: {type(err).__name__}", 502
-                ) from None
+            except (TimeoutError, aiohttp.ClientError) as err:
+                raise _transport_failure(self.tier.name, err) from None
         latency = time.perf_counter() - start
         _check_status(self.tier.name, status, raw)
         try:
@@ -124,10 +151,11 @@ class TierClient:
             choice = body["choices"][0]
             if not isinstance(choice.get("message"), dict):
                 raise ValueError("no message")
-        except (ValueError, KeyError, IndexError, TypeError):
+            tin, tout = _usage(body)
+            logprobs_ = token_logprobs(choice)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise TierFailure("malformed", f"tier {self.tier.name} sent a malformed reply", 502) from None
-        tin, tout = _usage(body)
-        return Completion(body, token_logprobs(choice), latency, tin, tout)
+        return Completion(body, logprobs_, latency, tin, tout)
 
     async def stream(
         self, request: dict[str, Any], state: StreamState, *, logprobs: bool = True
@@ -153,12 +181,8 @@ class TierClient:
                                 yield event + b"\n\n"
                     if buf.strip() and _absorb(buf, state):
                         yield buf + b"\n\n"
-            except TimeoutError:
-                raise TierFailure("timeout", f"tier {self.tier.name} timed out", 504) from None
-            except aiohttp.ClientError as err:
-                raise TierFailure(
-                    "connect", f"tier {self.tier.name} unreachable: {type(err).__name__}", 502
-                ) from None
+            except (TimeoutError, aiohttp.ClientError) as err:
+                raise _transport_failure(self.tier.name, err) from None
 
 
 def _absorb(event: bytes, state: StreamState) -> bool:
@@ -175,13 +199,19 @@ def _absorb(event: bytes, state: StreamState) -> bool:
             raise TierFailure("malformed", "malformed stream chunk", 502) from None
         if not isinstance(chunk, dict):
             raise TierFailure("malformed", "malformed stream chunk", 502)
-        if chunk.get("usage"):
-            state.tokens_in, state.tokens_out = _usage(chunk)
-        for choice in chunk.get("choices") or []:
-            state.logprobs.extend(token_logprobs(choice))
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                state.text.append(delta["content"])
+        try:
+            if chunk.get("usage"):
+                state.tokens_in, state.tokens_out = _usage(chunk)
+            choices = chunk.get("choices") or []
+            if not isinstance(choices, list):
+                raise ValueError("choices is not a list")
+            for choice in choices:
+                state.logprobs.extend(token_logprobs(choice))
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    state.text.append(delta["content"])
+        except (ValueError, TypeError, AttributeError):
+            raise TierFailure("malformed", "malformed stream chunk", 502) from None
         state.chunks.append(payload)
         return True
     return False
@@ -192,6 +222,7 @@ def _check_status(tier: str, status: int, raw: bytes) -> None:
         return
     if status == 429:
         raise TierFailure("http_429", f"tier {tier} is rate limited", 429)
+    kind = "client_error" if status in CLIENT_FAULT_STATUSES else "http_4xx"
     if status >= 500:
         raise TierFailure("http_5xx", f"tier {tier} failed with HTTP {status}", 502)
     # a 4xx from upstream: the request itself was refused (pass the status through)
@@ -202,4 +233,4 @@ def _check_status(tier: str, status: int, raw: bytes) -> None:
             message += f": {err['message'][:300]}"
     except (ValueError, AttributeError):
         pass
-    raise TierFailure("http_4xx", message, status)
+    raise TierFailure(kind, message, status)
