@@ -15,18 +15,11 @@ import random
 import time
 from typing import Any
 
+from ..answers import answers_agree
 from .decision_log import DecisionLog
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime
 from .upstream import TierFailure
-
-
-def normalize(answer: str) -> str:
-    return " ".join(answer.split()).casefold()
-
-
-def answers_agree(a: str, b: str) -> bool:
-    return normalize(a) == normalize(b)
 
 
 def message_text(body: dict[str, Any]) -> str:

@@ -86,7 +86,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_CONFIDENCE,
         help="one-sided confidence of the fitted accuracy constraint "
-        f"(default {DEFAULT_CONFIDENCE}; 0: point estimate)",
+        f"(default {DEFAULT_CONFIDENCE}; 0.5 or less: the point estimate)",
     )
     parser.add_argument(
         "--shadow-rate", type=float, default=0.05, help="share of accepted cheaper answers re-asked"

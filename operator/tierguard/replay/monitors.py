@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..answers import answers_agree
 from ..cascade import route
 from ..drift import CONFIDENCE_EDGES, DEFAULT_EPS, BernoulliCUSUM, histogram, rate_shift, upper_quantile
 from ..policy import CascadeSpec
@@ -77,7 +78,7 @@ class Population:
             self.n, n_t
         )
         self.disagree = np.array(
-            [[r.answer[t].strip() != r.answer[last].strip() for t in range(n_t)] for r in rows], dtype=bool
+            [[not answers_agree(r.answer[t], r.answer[last]) for t in range(n_t)] for r in rows], dtype=bool
         ).reshape(self.n, n_t)
         self.raw = np.array(
             [[np.nan if r.raw[t] is None else r.raw[t] for t in range(n_t)] for r in rows], dtype=float

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..answers import answers_agree
 from ..cascade import capable_only as capable_route
 from ..cascade import route
 from ..cli import UserError
@@ -147,7 +148,7 @@ def with_shadow(base: Routing, rows: Sequence[Row], n_tiers: int, rate: float, s
         sampled[t] += 1
         cost[i] += r.cost[last]
         calls[i] += 1
-        if r.answer[t].strip() != r.answer[last].strip():
+        if not answers_agree(r.answer[t], r.answer[last]):
             disagree[t] += 1
         elif not r.correct[t]:
             wrong_when_agree[t] += 1
