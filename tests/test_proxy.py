@@ -85,8 +85,16 @@ def cascade(sims, thresholds=(0.8, 0.8), aggregate="quantile", timeout=5.0, tier
     }
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write atomically (as a ConfigMap volume update does): the proxy never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_policy(path: Path, spec: dict) -> Path:
-    path.write_text(
+    replace_file(
+        path,
         yaml.safe_dump(
             {
                 "apiVersion": "tierguard.io/v1alpha1",
@@ -94,7 +102,7 @@ def write_policy(path: Path, spec: dict) -> Path:
                 "metadata": {"name": "unit", "namespace": "ns"},
                 "spec": spec,
             }
-        )
+        ),
     )
     return path
 
@@ -439,7 +447,7 @@ def test_reload_under_load_drops_nothing(sims, tmp_path):
         assert metric(p, "tierguard_config_info", config_hash=after) == 1
 
         # an invalid file is refused and the last good config keeps serving
-        policy.write_text("tiers: []\n")
+        replace_file(policy, "tiers: []\n")
         deadline = time.time() + 5
         while time.time() < deadline and metric(p, "tierguard_config_reloads_total", result="invalid") < 1:
             time.sleep(0.1)
