@@ -15,6 +15,13 @@ the decision code the proxy runs, and the best one for the stated objective is k
 - ``--target-cost F``: the highest accuracy at a mean cost of at most F times the capable tier's.
 
 Cascades with more than three tiers are searched by coordinate ascent instead of exhaustively.
+
+Drift reference: with the chosen maps and thresholds, each tier's calibrated confidence on the rows
+that reach it (every row for the first tier, the escalated ones for the next) is binned on
+:data:`tierguard.drift.CONFIDENCE_EDGES` and written as ``TierConfidence.reference``; the proxy
+exports the PSI of its recent answers against it (docs/drift.md). A tier reached by fewer than
+``--min-reference-rows`` rows gets none: a reference from a handful of answers would make the PSI
+noisy.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import yaml
 
 from .cascade import route
 from .cli import UserError
+from .drift import reference_fractions
 from .policy import CascadePolicySpec, CascadeSpec, PolicyError, parse_policy_spec
 from .replay.data import Row, load_dataset, warn_skipped
 
 MAX_POINTS = 20
+MIN_REFERENCE_ROWS = 100
 MIN_BLOCK = 10
 EXHAUSTIVE_LIMIT = 4000
 # Training sets are small (hundreds of rows): the accuracy constraint is checked on a one-sided
@@ -176,8 +185,10 @@ def with_confidence(
     *,
     calibrations: Sequence[list[tuple[float, float]] | None] | None = None,
     thresholds: Sequence[float] | None = None,
+    references: Sequence[list[float] | None] | None = None,
 ) -> CascadePolicySpec:
-    """A copy of ``spec`` with the given per-tier calibration maps and/or thresholds."""
+    """A copy of ``spec`` with the given per-tier calibration maps, thresholds and/or drift
+    references (a ``None`` reference removes the tier's reference)."""
     tiers = []
     for i, tier in enumerate(spec.tiers):
         update: dict[str, Any] = {}
@@ -185,6 +196,8 @@ def with_confidence(
             update["calibration"] = [[x, y] for x, y in calibrations[i] or []]
         if thresholds is not None and i < len(thresholds):
             update["threshold"] = float(thresholds[i])
+        if references is not None and i < len(references):
+            update["reference"] = references[i]
         conf = tier.confidence.model_validate({**tier.confidence.model_dump(), **update})
         tiers.append(tier.model_copy(update={"confidence": conf}))
     return spec.model_copy(update={"tiers": tiers})
@@ -202,6 +215,29 @@ def fit_calibrations(
             continue
         out.append(fit_calibration([p[0] for p in pairs if p[0] is not None], [p[1] for p in pairs]))
     return out
+
+
+def reached_confidences(spec: CascadeSpec, rows: Sequence[Row]) -> list[list[float]]:
+    """Per tier: the calibrated confidences of the rows that reach it, routed with ``spec``.
+
+    The same values the proxy observes for that tier's answers (a tier sees only the traffic the
+    tiers before it escalated).
+    """
+    out: list[list[float]] = [[] for _ in spec.tiers]
+    for r in rows:
+        for j in route(spec, r.raw).judgements:
+            if j.confidence is not None:
+                out[j.tier].append(j.confidence)
+    return out
+
+
+def fit_references(
+    spec: CascadeSpec, rows: Sequence[Row], *, min_rows: int = MIN_REFERENCE_ROWS
+) -> tuple[list[list[float] | None], list[int]]:
+    """(reference per tier, None where fewer than ``min_rows`` rows reach it; rows per tier)."""
+    values = reached_confidences(spec, rows)
+    refs = [reference_fractions(v) if v and len(v) >= min_rows else None for v in values]
+    return refs, [len(v) for v in values]
 
 
 # --- threshold selection -----------------------------------------------------------------------
@@ -347,6 +383,8 @@ class Calibration:
     brier_raw: list[float | None]
     brier_calibrated: list[float | None]
     n_rows: int
+    reference_rows: list[int] | None = None  # rows that reached each tier (its drift reference)
+    min_reference_rows: int = MIN_REFERENCE_ROWS
 
 
 def calibrate(
@@ -356,8 +394,10 @@ def calibrate(
     *,
     max_points: int = MAX_POINTS,
     progress: bool = False,
+    min_reference_rows: int = MIN_REFERENCE_ROWS,
 ) -> Calibration:
-    """Fit maps on ``rows``, then choose thresholds for ``objective`` on the same rows."""
+    """Fit maps on ``rows``, choose thresholds for ``objective`` on the same rows, then record
+    each tier's drift reference under those maps and thresholds."""
     if not rows:
         raise UserError("no rows to calibrate on (check --split / --benchmark)")
     maps = fit_calibrations(spec, rows, max_points=max_points)
@@ -366,6 +406,8 @@ def calibrate(
     results = search(fitted, rows, base, objective, progress=progress)
     chosen = choose(results, base, objective)
     final = with_confidence(fitted, thresholds=chosen.thresholds)
+    refs, reached = fit_references(final, rows, min_rows=min_reference_rows)
+    final = with_confidence(final, references=refs)
     b_raw: list[float | None] = []
     b_cal: list[float | None] = []
     for i, tier in enumerate(final.tiers):
@@ -379,7 +421,7 @@ def calibrate(
         ys = [p[1] for p in pairs]
         b_raw.append(brier(raws, ys))
         b_cal.append(brier([cmap(x) for x in raws], ys))
-    return Calibration(final, chosen, base, results, b_raw, b_cal, len(rows))
+    return Calibration(final, chosen, base, results, b_raw, b_cal, len(rows), reached, min_reference_rows)
 
 
 def needs_fit(spec: CascadeSpec) -> bool:
@@ -416,6 +458,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"0.5 or less: point estimate (default {DEFAULT_CONFIDENCE})",
     )
     parser.add_argument("--max-points", type=int, default=MAX_POINTS, help="calibration points per tier")
+    parser.add_argument(
+        "--min-reference-rows",
+        type=int,
+        default=MIN_REFERENCE_ROWS,
+        help="rows that must reach a tier for its drift reference to be written "
+        f"(default {MIN_REFERENCE_ROWS}; docs/drift.md)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
 
@@ -469,6 +518,15 @@ def summary_lines(cal: Calibration, names: Sequence[str], models: Sequence[str])
     ]
     if ev.shares[-1] >= 1.0:
         lines.append(NEVER_ACCEPTS)
+    if cal.reference_rows is not None:
+        parts = []
+        for i, tier in enumerate(cal.spec.tiers):
+            n = cal.reference_rows[i]
+            if tier.confidence.reference is not None:
+                parts.append(f"{names[i]} ({n} rows)")
+            else:
+                parts.append(f"{names[i]} none (only {n} rows reach it, need {cal.min_reference_rows})")
+        lines.append("drift references (tierguard_confidence_psi): " + ", ".join(parts))
     return lines
 
 
@@ -478,6 +536,8 @@ def run(args: argparse.Namespace) -> int:
     _, spec = load_policy_spec(args.policy)
     if args.max_points < 2:
         raise UserError("--max-points must be at least 2")
+    if args.min_reference_rows < 1:
+        raise UserError("--min-reference-rows must be at least 1")
     objective = SelectionObjective(
         max_accuracy_drop=None if args.target_cost is not None else (args.max_accuracy_drop or 0.01),
         target_cost=args.target_cost,
@@ -497,7 +557,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"no usable rows for split {args.split!r} (rows available: {', '.join(have) or 'none'})"
         )
-    cal = calibrate(spec, rows, objective, max_points=args.max_points, progress=sys.stderr.isatty())
+    cal = calibrate(
+        spec,
+        rows,
+        objective,
+        max_points=args.max_points,
+        progress=sys.stderr.isatty(),
+        min_reference_rows=args.min_reference_rows,
+    )
     header = (
         f"Calibrated by `tierguard calibrate` on {Path(args.data).name}, split {args.split}"
         + (f", benchmark {','.join(args.benchmark)}" if args.benchmark else "")

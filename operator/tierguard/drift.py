@@ -1,7 +1,10 @@
 """Drift and quality-change detectors: pure functions and small streaming state machines, no I/O.
 
-Used by ``tierguard replay`` (what the monitors would have seen on recorded traffic) and meant
-for the proxy's live monitors, so both compute the same numbers.
+Used by ``tierguard replay`` (what the monitors would have seen on recorded traffic), by
+``tierguard calibrate`` (a tier's reference distribution) and by the proxy's live monitor
+(``tierguard.proxy.drift_monitor``, the ``tierguard_confidence_psi`` gauge). All of them bin on
+:data:`CONFIDENCE_EDGES` and compute PSI with :func:`psi`, so a number seen in a replay and one
+exported by the proxy mean the same thing.
 
 - :func:`psi`: the population stability index between two binned distributions,
   ``sum((a - e) * ln(a / e))`` over bins with fractions floored at ``eps`` (an empty bin would
@@ -9,6 +12,9 @@ for the proxy's live monitors, so both compute the same numbers.
   :func:`quantile_edges` of a reference sample) and never re-derived from the data under test.
 - :class:`PSIWindow`: PSI of the last ``window`` values against a reference, evaluated every
   ``step`` values.
+- :func:`reference_fractions` / :func:`check_reference`: a tier's reference distribution as
+  stored in a policy (``TierConfidence.reference``): bin proportions on
+  :data:`CONFIDENCE_EDGES`, written by ``tierguard calibrate`` and watched by the proxy.
 - :class:`BernoulliCUSUM`: a one-sided CUSUM on a stream of 0/1 events (an error found by human
   review, a shadow disagreement) that accumulates the log-likelihood ratio of rate ``p1``
   against the baseline ``p0`` and fires when it exceeds ``threshold``.
@@ -26,6 +32,13 @@ DEFAULT_EPS = 1e-4
 # Fixed bins for answer confidences in [0, 1]. Confidences from token log-probabilities pile up
 # near 1, so the edges are dense there.
 CONFIDENCE_EDGES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+
+
+CONFIDENCE_BINS = len(CONFIDENCE_EDGES) + 1
+
+# A stored reference's proportions must sum to 1 within this (they are rounded when written).
+REFERENCE_SUM_TOLERANCE = 1e-3
+REFERENCE_DIGITS = 6
 
 
 def quantile_edges(reference: Sequence[float], bins: int = 10) -> list[float]:
@@ -67,6 +80,32 @@ def fractions(counts: Sequence[int | float]) -> list[float]:
     if total <= 0:
         raise ValueError("fractions of an empty histogram")
     return [c / total for c in counts]
+
+
+def reference_fractions(
+    values: Iterable[float], edges: Sequence[float] = CONFIDENCE_EDGES, digits: int = REFERENCE_DIGITS
+) -> list[float]:
+    """The proportion of ``values`` in each bin of ``edges``, rounded to ``digits`` decimals.
+
+    This is the form of ``TierConfidence.reference``: ``len(edges) + 1`` non-negative numbers
+    summing to 1 (within :data:`REFERENCE_SUM_TOLERANCE` after rounding).
+    """
+    return [round(f, digits) for f in fractions(histogram(values, edges))]
+
+
+def check_reference(reference: Sequence[float], edges: Sequence[float] = CONFIDENCE_EDGES) -> None:
+    """Raise ``ValueError`` (saying what is wrong) unless ``reference`` is a usable distribution."""
+    bins = len(edges) + 1
+    if len(reference) != bins:
+        raise ValueError(
+            f"a reference needs {bins} proportions (one per confidence bin), got {len(reference)}"
+        )
+    for i, v in enumerate(reference):
+        if not math.isfinite(v) or v < 0.0:
+            raise ValueError(f"reference proportion {i} is {v}: proportions must be finite and >= 0")
+    total = math.fsum(reference)
+    if abs(total - 1.0) > REFERENCE_SUM_TOLERANCE:
+        raise ValueError(f"reference proportions must sum to 1, they sum to {total:.6g}")
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], eps: float = DEFAULT_EPS) -> float:
@@ -135,20 +174,44 @@ class PSIWindow:
     ) -> PSIWindow:
         return cls(edges, histogram(reference, edges), **kwargs)  # type: ignore[arg-type]
 
-    def observe(self, value: float) -> float | None:
+    @property
+    def count(self) -> int:
+        """Values in the window (at most ``window``)."""
+        return len(self._bins)
+
+    @property
+    def full(self) -> bool:
+        return len(self._bins) >= self.window
+
+    @property
+    def seen(self) -> int:
+        """Values observed in total."""
+        return self._seen
+
+    def add(self, value: float) -> None:
+        """Slide ``value`` into the window without evaluating the PSI."""
         b = bisect_right(self.edges, value)
         self._bins.append(b)
         self._counts[b] += 1
         if len(self._bins) > self.window:
             self._counts[self._bins.popleft()] -= 1
         self._seen += 1
-        if len(self._bins) < self.window or self._seen % self.step:
+
+    def current(self) -> float | None:
+        """The PSI of the window now (``None`` until it is full); updates :attr:`last`."""
+        if len(self._bins) < self.window:
             return None
         value_psi = psi(self.reference, self._counts, self.eps)
         self.last = value_psi
         if self.threshold is not None and value_psi >= self.threshold:
             self.fired = True
         return value_psi
+
+    def observe(self, value: float) -> float | None:
+        self.add(value)
+        if self._seen % self.step:
+            return None
+        return self.current()
 
 
 class BernoulliCUSUM:

@@ -20,14 +20,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
+from .drift import CONFIDENCE_BINS, check_reference
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CAPABLE_ONLY = "capable-only"
@@ -71,6 +74,15 @@ class TierConfidence(Model):
         description="Monotone piecewise-linear map from raw to calibrated confidence: "
         "[[raw, calibrated], ...].",
     )
+    reference: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None,
+        min_length=CONFIDENCE_BINS,
+        max_length=CONFIDENCE_BINS,
+        description="Distribution of the tier's calibrated confidence on the calibration data: "
+        f"{CONFIDENCE_BINS} proportions (summing to 1) over the fixed confidence bins of docs/drift.md, "
+        "written by `tierguard calibrate`. The proxy exports the PSI of recent answers against it "
+        "(tierguard_confidence_psi).",
+    )
 
     @field_validator("calibration")
     @classmethod
@@ -78,6 +90,22 @@ class TierConfidence(Model):
         if v is not None:
             CalibrationMap([(p[0], p[1]) for p in v])  # raises ValueError with the reason
         return v
+
+    @field_validator("reference")
+    @classmethod
+    def _valid_reference(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            check_reference(v)  # raises ValueError with the reason
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_reference(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Without a reference the serialised form (and so every revision's content hash) stays
+        # what it was before the field existed.
+        data = handler(self)
+        if self.reference is None and isinstance(data, dict):
+            data.pop("reference", None)
+        return data
 
     @cached_property
     def _calibration_map(self) -> CalibrationMap:
