@@ -523,3 +523,62 @@ def test_shadow_scoring_measures_false_accepts(sims, tmp_path):
         assert metric(p, "tierguard_shadow_disagreements_total", tier="cheap") == 1
         assert metric(p, "tierguard_shadow_samples_total", tier="big") == 0
         assert metric(p, "tierguard_shadow_cost_usd_total") > 0
+
+
+def test_reload_rotates_feedback_key_and_moves_the_decision_log(sims, tmp_path):
+    key_file = tmp_path / "key2"
+    key_file.write_text("second-key\n")
+    log1, log2 = tmp_path / "d1.jsonl", tmp_path / "d2.jsonl"
+
+    def config(settings):
+        return {
+            "kind": "ProxyConfig",
+            "policy": "unit",
+            "stable": {"name": "r1", "cascade": cascade(sims)},
+            "settings": settings,
+        }
+
+    f = tmp_path / "cfg.yaml"
+    replace_file(f, yaml.safe_dump(config({"feedbackKey": {"env": "KEY1"}, "decisionLog": str(log1)})))
+    with start_proxy(f, env={"KEY1": "first-key"}, reload_interval=0.2) as p:
+        old_id = post(p, chat("easy question")).json()["id"]
+        before = httpx.get(f"{p.base}/readyz").json()["config_hash"]
+        replace_file(
+            f, yaml.safe_dump(config({"feedbackKey": {"file": str(key_file)}, "decisionLog": str(log2)}))
+        )
+        deadline = time.time() + 5
+        while time.time() < deadline and httpx.get(f"{p.base}/readyz").json()["config_hash"] == before:
+            time.sleep(0.1)
+        new_id = post(p, chat("easy question")).json()["id"]
+        for rid in (old_id, new_id):  # ids signed before the rotation still verify
+            assert httpx.post(f"{p.base}/v1/feedback", json={"id": rid, "rating": "up"}).status_code == 200
+        assert len(read_log(log2)) == 1 and read_log(log2)[0]["id"] == new_id
+        assert len(read_log(log1)) == 1
+    # the new key alone verifies the new id, not the old one
+    from tierguard.proxy.ids import IdSigner, InvalidId
+
+    assert IdSigner(b"second-key").verify(new_id).tier == "cheap"
+    with pytest.raises(InvalidId):
+        IdSigner(b"second-key").verify(old_id)
+
+
+def test_port_out_of_range_is_a_usage_error():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tierguard",
+            "proxy",
+            "--policy",
+            "examples/local-policy.yaml",
+            "--port",
+            "99999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "port must be 0-65535" in r.stderr

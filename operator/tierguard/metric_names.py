@@ -20,7 +20,7 @@ COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy,
 FEEDBACK = f"{PREFIX}_feedback"  # labels: policy, revision, tier, rating(up|down)
 FEEDBACK_REJECTED = f"{PREFIX}_feedback_rejected"  # labels: policy, reason
 BAD_REQUESTS = f"{PREFIX}_bad_requests"  # labels: policy, reason
-CONFIG_RELOADS = f"{PREFIX}_config_reloads"  # labels: policy, result(applied|invalid)
+CONFIG_RELOADS = f"{PREFIX}_config_reloads"  # labels: policy, result(applied|invalid|restart_required)
 
 # histograms
 CONFIDENCE = f"{PREFIX}_confidence"  # calibrated confidence; labels: policy, revision, tier

@@ -23,7 +23,7 @@ from ..cascade import Judgement, acceptance_impossible, judge, raw_confidence
 from ..confidence import confidence_bucket
 from ..policy import ProxyConfig
 from .decision_log import DecisionLog
-from .ids import IdSigner, InvalidId, SeenIds
+from .ids import IdSigner, InvalidId, SeenIds, load_key
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime, Runtime
 from .shadow import ShadowScorer, message_text
@@ -147,10 +147,17 @@ class Outcome:
 
 
 class ProxyApp:
-    def __init__(self, config: ProxyConfig, signer: IdSigner, decision_log: DecisionLog) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        signer: IdSigner,
+        decision_log: DecisionLog,
+        decision_log_fixed: bool = False,
+    ) -> None:
         self.metrics = ProxyMetrics(config.policy)
         self.signer = signer
         self.decision_log = decision_log
+        self.decision_log_fixed = decision_log_fixed  # set on the command line: reloads keep it
         self.shadow = ShadowScorer(self.metrics, decision_log)
         self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
@@ -188,9 +195,34 @@ class ProxyApp:
         self.decision_log.close()
 
     def apply(self, config: ProxyConfig) -> Runtime:
-        """Swap in a new configuration atomically (requests in flight keep the old one)."""
+        """Swap in a new configuration atomically (requests in flight keep the old one).
+
+        Settings follow too: a new feedback key signs from now on while ids signed with the
+        previous key still verify; a new decision-log target is opened (unless the command line
+        fixed it). ``maxBodyBytes`` alone needs a restart: reported, not silently ignored.
+        Raises ValueError (nothing changed) when a new key or tier API key cannot be read.
+        """
         assert self.session is not None
+        old = self.runtime.config.settings if self.runtime is not None else None
+        new = config.settings
+        signer = self.signer
+        if old is not None and new.feedback_key != old.feedback_key:
+            key, source = load_key(new.feedback_key)
+            signer = IdSigner(key, previous_key=self.signer.key)
+            log.info(
+                "feedback key rotated (now from %s); ids signed with the previous key still verify", source
+            )
         rt = Runtime(config, self.session, previous=self.runtime)
+        if old is not None and new.decision_log != old.decision_log and not self.decision_log_fixed:
+            previous_log = self.decision_log
+            self.decision_log = self.shadow.decision_log = DecisionLog(
+                None if new.decision_log == "off" else new.decision_log
+            )
+            previous_log.close()
+        if old is not None and new.max_body_bytes != old.max_body_bytes:
+            log.warning("settings.maxBodyBytes changed: takes effect at the next restart")
+            self.metrics.reloads.labels(config.policy, "restart_required").inc()
+        self.signer = signer
         self.runtime = rt
         self.metrics.policy = config.policy
         self.metrics.set_config(

@@ -88,11 +88,24 @@ class SeenIds:
 
 
 class IdSigner:
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, previous_key: bytes | None = None) -> None:
+        """Sign with ``key``; also accept ids signed with ``previous_key`` (a key rotation)."""
         self._key = key
+        self._previous = previous_key
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16])
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def _mac(self, payload: str, key: bytes | None = None) -> str:
+        return _b64(hmac.new(key or self._key, payload.encode(), hashlib.sha256).digest()[:16])
+
+    def _valid(self, payload: str, mac: str) -> bool:
+        if hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+            return True
+        return self._previous is not None and hmac.compare_digest(
+            mac.encode(), self._mac(payload, self._previous).encode()
+        )
 
     def issue(self, revision: str, tier: str, bucket: int) -> str:
         payload = _b64(f"{revision}|{tier}|{bucket}|{secrets.token_hex(6)}".encode())
@@ -105,7 +118,7 @@ class IdSigner:
         payload, _, mac = body.partition(".")
         if not payload or not mac or not _B64URL.fullmatch(payload) or not _B64URL.fullmatch(mac):
             raise InvalidId("malformed")
-        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+        if not self._valid(payload, mac):
             raise InvalidId("bad_signature")
         try:
             revision, tier, bucket, _nonce = _unb64(payload).decode().split("|")

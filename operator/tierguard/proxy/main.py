@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--policy", required=True, help="CascadePolicy (manifest or spec) or ProxyConfig file"
     )
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    parser.add_argument("--port", type=port_number, default=8080, help="listen port (default 8080)")
     parser.add_argument(
         "--decision-log",
         default=None,
@@ -34,6 +34,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--reload-interval", type=float, default=1.0, help="seconds between policy file checks"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
 
 
 def build(args: argparse.Namespace) -> tuple[ProxyApp, str]:
@@ -50,7 +60,9 @@ def build(args: argparse.Namespace) -> tuple[ProxyApp, str]:
     except ValueError as err:
         raise UserError(str(err)) from None
     logging.getLogger("tierguard.proxy").info("feedback ids signed with key from %s", key_source)
-    proxy = ProxyApp(config, IdSigner(key), DecisionLog(target))
+    proxy = ProxyApp(
+        config, IdSigner(key), DecisionLog(target), decision_log_fixed=args.decision_log is not None
+    )
     return proxy, digest
 
 
