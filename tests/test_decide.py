@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from tierguard.policy import CAPABLE_ONLY, CascadeSpec, Revision, RolloutSpec, RolloutStep, Tier
+from tierguard.kube import render
+from tierguard.policy import (
+    CAPABLE_ONLY,
+    CascadePolicySpec,
+    CascadeSpec,
+    Revision,
+    RolloutSpec,
+    RolloutStep,
+    Tier,
+)
 from tierguard.rollout import conditions as cond
 from tierguard.rollout.decide import (
     Advance,
@@ -597,7 +606,8 @@ def test_first_revision_rolls_out_against_capable_only() -> None:
     assert st.canary == CANARY and st.canary_revision == CANARY.name
     assert (st.current_step, st.canary_weight, st.step_started_at, st.failed_checks) == (0, 5, T0, 0)
     assert st.observed_generation == 1
-    cfg = st.proxy_config("p", "ns")
+    assert (st.stable.mode, st.canary, st.canary_weight) == ("capable-only", CANARY, 5)
+    cfg = render.proxy_config("p", "ns", CascadePolicySpec.model_validate(CANARY.cascade.to_yaml_dict()), st)
     assert (
         cfg is not None
         and cfg.stable.mode == "capable-only"

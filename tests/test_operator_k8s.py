@@ -214,6 +214,7 @@ def policy_manifest(
     threshold: float = 0.8,
     failure_threshold: int = 2,
     min_samples: int = 10,
+    proxy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     tiers = json.loads(json.dumps(TIERS))
     tiers[0]["confidence"]["threshold"] = threshold
@@ -232,7 +233,7 @@ def policy_manifest(
             "tiers": tiers,
             "rollout": rollout,
             "slos": [{"name": s} for s in slos],
-            "proxy": {"replicas": 1},
+            "proxy": {"replicas": 1, **(proxy or {})},
         },
     }
 
@@ -881,6 +882,24 @@ def test_ticks_hold_without_counting_and_roll_back_on_breaches(
     # a rolled-back policy stays put
     clock.advance(10)
     assert rec.reconcile(ns, "breach", analyse=True).status.canary_weight == 0  # type: ignore[union-attr]
+
+
+def test_ticks_render_every_proxy_setting_into_the_config_map(
+    kube_cluster: KubeCluster, ticks: tuple[str, KubeApi]
+) -> None:
+    """spec.proxy's shadow scoring and logging settings reach the proxy through the ConfigMap the
+    reconciler writes, and the recorded config hash covers them."""
+    ns, api = ticks
+    proxy = {"shadowRate": 0.2, "shadowMaxInFlight": 3, "logPrompts": True}
+    kube_cluster.create(policies_path(ns), policy_manifest("shadowed", ns, interval="10s", proxy=proxy))
+    res = _reconciler(api, Metrics(), Clock()).reconcile(ns, "shadowed", analyse=False)
+    assert res.status is not None and res.status.canary_weight == 5
+    config = config_of(kube_cluster, ns, "shadowed")
+    assert config is not None
+    assert config.settings.shadow_rate == 0.2
+    assert config.settings.shadow_max_in_flight == 3
+    assert config.settings.log_prompts is True
+    assert config.config_hash() == status_of(kube_cluster, ns, "shadowed")["configHash"]
 
 
 class InterferingApi(KubeApi):

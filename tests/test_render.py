@@ -12,6 +12,7 @@ from tierguard.kube import render
 from tierguard.kube.handlers import event_body, merge_diff
 from tierguard.kube.validate import validate_policy
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
+from tierguard.rollout.status import PolicyStatus
 
 SPEC: dict[str, Any] = {
     "tiers": [
@@ -43,6 +44,24 @@ def spec(**over: Any) -> CascadePolicySpec:
     return CascadePolicySpec.model_validate({**SPEC, **over})
 
 
+def split(stable: Revision, canary: Revision | None = None, weight: int = 0) -> PolicyStatus:
+    """A status standing for ``stable`` plus ``canary`` at ``weight`` percent."""
+    return PolicyStatus(
+        phase="Progressing" if canary is not None else "Succeeded",
+        stable=stable,
+        stable_revision=stable.name,
+        canary=canary,
+        canary_revision=canary.name if canary is not None else None,
+        canary_weight=weight,
+    )
+
+
+def config(s: CascadePolicySpec, st: PolicyStatus) -> ProxyConfig:
+    cfg = render.proxy_config("chat", "prod", s, st)
+    assert cfg is not None
+    return cfg
+
+
 def test_owner_reference_is_a_controller_reference() -> None:
     ref = render.owner_reference(OWNER)
     assert ref == {
@@ -57,7 +76,7 @@ def test_owner_reference_is_a_controller_reference() -> None:
 
 def test_every_child_is_owned_named_and_labelled() -> None:
     s = spec()
-    cfg = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 5)
+    cfg = config(s, split(render.capable_only(s), render.revision_for(s), 5))
     kids = render.children(OWNER, s, cfg, with_service_monitor=True)
     assert [k["kind"] for k in kids] == ["ConfigMap", "Deployment", "Service", "ServiceMonitor"]
     for k in kids:
@@ -74,7 +93,7 @@ def test_every_child_is_owned_named_and_labelled() -> None:
 def test_config_map_carries_the_rendered_proxy_config_that_the_proxy_loads() -> None:
     s = spec()
     stable, canary = render.capable_only(s), render.revision_for(s)
-    cfg = render.proxy_config("chat", "prod", s, stable, canary, 25)
+    cfg = config(s, split(stable, canary, 25))
     cm = render.config_map(OWNER, cfg)
     text = cm["data"][render.CONFIG_KEY]
     # exactly what `tierguard proxy --policy FILE` reads
@@ -99,9 +118,49 @@ def test_config_map_carries_the_rendered_proxy_config_that_the_proxy_loads() -> 
 def test_config_without_canary_has_weight_zero() -> None:
     s = spec()
     rev = render.revision_for(s)
-    cfg = render.proxy_config("chat", "prod", s, rev, None, 40)
+    cfg = config(s, split(rev, None, 40))
     assert cfg.canary is None and cfg.canary_weight == 0
     assert render.config_map(OWNER, cfg)["metadata"]["annotations"][render.ANNOTATION_CANARY] == ""
+
+
+def test_config_drops_a_canary_at_weight_zero() -> None:
+    """After a rollback or an abort the canary is kept in the status, but takes no traffic."""
+    s = spec()
+    cfg = config(s, split(render.capable_only(s), render.revision_for(s), 0))
+    assert cfg.canary is None and cfg.canary_weight == 0 and cfg.stable.name == CAPABLE_ONLY
+
+
+def test_no_config_before_the_first_revision() -> None:
+    assert render.proxy_config("chat", "prod", spec(), PolicyStatus()) is None
+
+
+def test_config_map_carries_every_proxy_setting_of_the_spec() -> None:
+    """spec.proxy's shadowRate, shadowMaxInFlight, logPrompts and feedbackKey reach the proxy."""
+    s = spec(
+        proxy={
+            **SPEC["proxy"],
+            "shadowRate": 0.25,
+            "shadowMaxInFlight": 4,
+            "logPrompts": True,
+            "feedbackKey": {"file": "/var/run/tierguard/feedback/key"},
+        }
+    )
+    cfg = config(s, split(render.capable_only(s), render.revision_for(s), 5))
+    cm = next(
+        k for k in render.children(OWNER, s, cfg, with_service_monitor=False) if k["kind"] == "ConfigMap"
+    )
+    data = yaml.safe_load(cm["data"][render.CONFIG_KEY])
+    assert data["settings"]["shadowRate"] == 0.25
+    assert data["settings"]["shadowMaxInFlight"] == 4
+    assert data["settings"]["logPrompts"] is True
+    assert data["settings"]["feedbackKey"] == {"file": "/var/run/tierguard/feedback/key"}
+    loaded = proxy_config_from_data(data, "configmap").settings
+    assert (loaded.shadow_rate, loaded.shadow_max_in_flight, loaded.log_prompts) == (0.25, 4, True)
+    # a settings change is a new config (the analysis waits for the proxies to load it)
+    assert (
+        cfg.config_hash()
+        != config(spec(), split(render.capable_only(s), render.revision_for(s), 5)).config_hash()
+    )
 
 
 @pytest.mark.parametrize(
@@ -120,9 +179,9 @@ def test_unreadable_config_maps_read_back_as_none(cm: Any) -> None:
 
 def test_config_hash_changes_with_weight_and_revision() -> None:
     s = spec()
-    a = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 5)
-    b = render.proxy_config("chat", "prod", s, render.capable_only(s), render.revision_for(s), 10)
-    c = render.proxy_config("chat", "prod", s, render.revision_for(s), None, 0)
+    a = config(s, split(render.capable_only(s), render.revision_for(s), 5))
+    b = config(s, split(render.capable_only(s), render.revision_for(s), 10))
+    c = config(s, split(render.revision_for(s)))
     assert len({a.config_hash(), b.config_hash(), c.config_hash()}) == 3
 
 
@@ -170,23 +229,12 @@ def test_service_monitor_scrapes_often_enough_for_the_analysis(interval: str, sc
     assert sm["spec"]["selector"]["matchLabels"] == render.selector_labels("chat")
 
 
-def test_known_revisions_include_the_last_rendered_stable() -> None:
-    old = spec()
-    new = spec(tiers=[{**SPEC["tiers"][0], "confidence": {"threshold": 0.9}}, SPEC["tiers"][1]])
-    old_rev = render.revision_for(old)
-    previous = render.proxy_config("chat", "prod", old, old_rev, None, 0)
-    known = render.known_revisions(new, previous)
-    assert set(known) == {old_rev.name, render.revision_for(new).name, CAPABLE_ONLY}
-    assert known[old_rev.name] == old_rev
-    assert render.known_revisions(new, None).keys() == {render.revision_for(new).name, CAPABLE_ONLY}
-
-
 def test_revision_names_are_content_hashes() -> None:
     s = spec()
     assert render.revision_for(s) == Revision.of(s.cascade())
     # rollout/proxy settings are not part of the revision
     assert render.revision_for(spec(rollout={"interval": "5m"})).name == render.revision_for(s).name
-    assert isinstance(render.proxy_config("a", "b", s, render.revision_for(s), None, 0), ProxyConfig)
+    assert isinstance(render.proxy_config("a", "b", s, split(render.revision_for(s))), ProxyConfig)
 
 
 # --- pure helpers of the reconciler ---------------------------------------------------------------

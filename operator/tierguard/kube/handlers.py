@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import kopf
 
 from .. import API_GROUP, API_VERSION
-from ..policy import CascadePolicySpec, ProxySettings, QualitySLOSpec, Revision
+from ..policy import CascadePolicySpec, ProxyConfig, QualitySLOSpec, Revision
 from ..rollout import conditions as cond
 from ..rollout.decide import (
     Decision,
@@ -296,7 +296,7 @@ class Reconciler:
             status = status.model_copy(update={"observed_generation": generation})
 
         # -- apply: the proxy config this status stands for
-        config = status.proxy_config(name, namespace, ProxySettings(feedback_key=spec.proxy.feedback_key))
+        config = render.proxy_config(name, namespace, spec, status)
         if config is not None:
             status = status.model_copy(update={"config_hash": config.config_hash()})
 
@@ -338,7 +338,7 @@ class Reconciler:
             raise
         return str(out["metadata"]["resourceVersion"])
 
-    def _apply_children(self, owner: dict[str, Any], spec: CascadePolicySpec, config: Any) -> None:
+    def _apply_children(self, owner: dict[str, Any], spec: CascadePolicySpec, config: ProxyConfig) -> None:
         key = (owner["metadata"]["namespace"], owner["metadata"]["name"])
         kids = render.children(owner, spec, config, with_service_monitor=self.service_monitors_supported())
         for child in kids:

@@ -3,9 +3,9 @@
 Per policy ``NAME`` the operator owns:
 
 - ConfigMap ``NAME-proxy``: ``config.yaml`` is the rendered :class:`~tierguard.policy.ProxyConfig`
-  (stable and canary revisions, canary weight). The proxy hot-reloads it, so a weight change is a
-  ConfigMap update and never restarts a pod. The ConfigMap is also the operator's record of the
-  stable revision's content (the spec only holds the newest cascade).
+  (stable and canary revisions, canary weight, ``spec.proxy``'s settings). The proxy hot-reloads
+  it, so a weight change is a ConfigMap update and never restarts a pod. The revisions' content
+  comes from the status snapshots (the spec only holds the newest cascade).
 - Deployment ``NAME-proxy`` running ``tierguard proxy`` with the ConfigMap mounted.
 - Service ``NAME-proxy`` (port ``http``).
 - ServiceMonitor ``NAME-proxy`` when the Prometheus Operator's CRD exists.
@@ -24,13 +24,13 @@ from pydantic import ValidationError
 
 from .. import API_GROUP, API_VERSION
 from ..policy import (
-    CAPABLE_ONLY,
     CascadePolicySpec,
     ProxyConfig,
     ProxySettings,
     Revision,
     parse_duration,
 )
+from ..rollout.status import PolicyStatus
 
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/tierguard"
@@ -102,20 +102,21 @@ def capable_only(spec: CascadePolicySpec) -> Revision:
 
 
 def proxy_config(
-    policy: str,
-    namespace: str,
-    spec: CascadePolicySpec,
-    stable: Revision,
-    canary: Revision | None,
-    weight: int,
-) -> ProxyConfig:
-    """The ProxyConfig for a policy's current split. Weight 0 keeps the canary (for promote)."""
+    policy: str, namespace: str, spec: CascadePolicySpec, status: PolicyStatus
+) -> ProxyConfig | None:
+    """The proxy config a policy's status stands for: its stable revision, its canary at the
+    current weight (none at weight 0) and the settings of ``spec.proxy``. None before the first
+    revision. The only builder of the operator's proxy config: the reconciler renders and hashes
+    exactly this."""
+    if status.stable is None:
+        return None
+    canary = status.canary if status.canary is not None and status.canary_weight > 0 else None
     return ProxyConfig(
         policy=policy,
         namespace=namespace,
-        stable=stable,
+        stable=status.stable,
         canary=canary,
-        canary_weight=weight if canary is not None else 0,
+        canary_weight=status.canary_weight if canary is not None else 0,
         settings=ProxySettings.from_deployment(spec.proxy),
     )
 
@@ -150,21 +151,6 @@ def config_from_config_map(cm: Mapping[str, Any] | None) -> ProxyConfig | None:
         return ProxyConfig.model_validate(yaml.safe_load(text))
     except (yaml.YAMLError, ValidationError):
         return None
-
-
-def known_revisions(spec: CascadePolicySpec, previous: ProxyConfig | None) -> dict[str, Revision]:
-    """Every revision whose content the operator can rebuild: the spec's, the capable-only
-    baseline, and those in the last rendered config."""
-    out: dict[str, Revision] = {}
-    if previous is not None:
-        out[previous.stable.name] = previous.stable
-        if previous.canary is not None:
-            out[previous.canary.name] = previous.canary
-    base = capable_only(spec)
-    out[CAPABLE_ONLY] = base
-    current = revision_for(spec)
-    out[current.name] = current
-    return out
 
 
 # --- workload -------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ Phases (``status.phase``)
     touched; ``Ready=False`` says what to fix. Set by the reconciler, not by :func:`decide`.
 
 The stable and canary :class:`~tierguard.policy.Revision` snapshots are kept in full, so the
-proxy's config can be rendered again after a restart even though the spec has moved on.
+proxy's config can be rendered again after a restart even though the spec has moved on
+(:func:`tierguard.kube.render.proxy_config`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from ..policy import ProxyConfig, ProxySettings, Revision
+from ..policy import Revision
 from .conditions import Condition
 from .status_base import StatusModel
 
@@ -126,22 +127,6 @@ class PolicyStatus(StatusModel):
     @property
     def rolling(self) -> bool:
         return self.phase in ROLLING and self.canary is not None
-
-    def proxy_config(
-        self, policy: str, namespace: str, settings: ProxySettings | None = None
-    ) -> ProxyConfig | None:
-        """The proxy config this status stands for (None before the first revision)."""
-        if self.stable is None:
-            return None
-        canary = self.canary if self.canary is not None and self.canary_weight > 0 else None
-        return ProxyConfig(
-            policy=policy,
-            namespace=namespace,
-            stable=self.stable,
-            canary=canary,
-            canary_weight=self.canary_weight if canary is not None else 0,
-            settings=settings or ProxySettings(),
-        )
 
 
 class StatusError(ValueError):
