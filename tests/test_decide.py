@@ -103,7 +103,9 @@ def status(
     )
 
 
-def chk(verdict: Verdict, value: float | None = 0.1, bound: float | None = 0.2, tier: str = "small") -> Check:
+def chk(
+    verdict: Verdict, value: float | None = 0.1, bound: float | None = 0.2, tier: str | None = "small"
+) -> Check:
     return Check("quality", "errors", tier, CANARY.name, verdict, value, bound)
 
 
@@ -130,6 +132,18 @@ BREACH_AND_NODATA = obs(chk(Verdict.BREACH, 0.5, 0.2), chk(Verdict.NO_DATA, None
 BREACH_AND_ERROR = obs(chk(Verdict.BREACH, 0.5, 0.2), chk(Verdict.ERROR, None, None, tier="large"))
 BREACH_FEW = obs(chk(Verdict.BREACH, 0.5, 0.2), samples={"small": 3})
 BREACH_STALE = obs(chk(Verdict.BREACH, 0.5, 0.2), config_current=False)
+# the cheap tier wrongly accepts everything: it breaches, and the last tier gets (almost) nothing
+STARVED = {"small": 100, "large": 0}
+BREACH_LAST_STARVED = obs(chk(Verdict.BREACH, 0.5, 0.2), chk(Verdict.PASS, tier="large"), samples=STARVED)
+BREACH_ON_STARVED_TIER = obs(
+    chk(Verdict.PASS), chk(Verdict.BREACH, 0.5, 0.2, tier="large"), samples={"small": 100, "large": 3}
+)
+BREACH_BOTH_ONE_STARVED = obs(
+    chk(Verdict.BREACH, 0.5, 0.2), chk(Verdict.BREACH, 0.9, 0.2, tier="large"), samples=STARVED
+)
+PASS_LAST_STARVED = obs(chk(Verdict.PASS), chk(Verdict.PASS, tier="large"), samples=STARVED)
+WIDE_BREACH_LAST_STARVED = obs(chk(Verdict.BREACH, 0.5, 0.2, tier=None), samples=STARVED)
+WIDE_BREACH_FEW = obs(chk(Verdict.BREACH, 0.5, 0.2, tier=None), samples={"small": 9, "large": 2})
 
 
 @dataclass
@@ -273,6 +287,80 @@ CASES = [
         T0 + MIN,
         Hold,
         "ProviderError",
+    ),
+    # --- the sample gate applies per check, to the check's own tier -------------------------------
+    Case(
+        "breach-on-busy-tier-counts-while-last-tier-starves",
+        status(),
+        BREACH_LAST_STARVED,
+        T0 + MIN,
+        Hold,
+        "CheckFailed",
+        expect={"failed_check": True},
+    ),
+    Case(
+        "second-breach-on-busy-tier-rolls-back-while-last-tier-starves",
+        status(failed=1),
+        BREACH_LAST_STARVED,
+        T0 + MIN,
+        Rollback,
+        "FailureThresholdReached",
+    ),
+    Case(
+        "breach-on-starved-tier-is-inconclusive",
+        status(failed=1),
+        BREACH_ON_STARVED_TIER,
+        T0 + MIN,
+        Hold,
+        "TooFewSamples",
+        expect={"failed_check": False},
+    ),
+    Case(
+        "pass-with-a-starved-tier-never-advances",
+        status(),
+        PASS_LAST_STARVED,
+        T0 + MIN,
+        Hold,
+        "TooFewSamples",
+    ),
+    Case(
+        "pass-with-a-starved-tier-never-promotes",
+        status(step=4, weight=100),
+        PASS_LAST_STARVED,
+        T0 + MIN,
+        Hold,
+        "TooFewSamples",
+    ),
+    Case(
+        "revision-wide-breach-counts-on-the-entry-tier-samples",
+        status(failed=1),
+        WIDE_BREACH_LAST_STARVED,
+        T0 + MIN,
+        Rollback,
+    ),
+    Case(
+        "revision-wide-breach-with-too-few-requests-is-inconclusive",
+        status(failed=1),
+        WIDE_BREACH_FEW,
+        T0 + MIN,
+        Hold,
+        "TooFewSamples",
+    ),
+    Case(
+        "breach-without-sample-counts-counts-when-min-samples-is-zero",
+        status(failed=1),
+        Observations(checks=(chk(Verdict.BREACH, 0.5, 0.2),)),
+        T0 + MIN,
+        Rollback,
+        spec=roll(min_samples=0),
+    ),
+    Case(
+        "breach-on-a-check-tier-without-a-sample-count-is-inconclusive",
+        status(failed=1),
+        obs(chk(Verdict.BREACH, 0.5, 0.2, tier="medium")),
+        T0 + MIN,
+        Hold,
+        "TooFewSamples",
     ),
     # --- breaches --------------------------------------------------------------------------------
     Case(
@@ -455,6 +543,20 @@ def test_inconclusive_hold_never_counts_failures(ob: Observations, reason: str) 
         assert st.last_analysis is not None and not st.last_analysis.counted
         progressing = cond.get_condition(st.conditions, cond.PROGRESSING)
         assert progressing is not None and progressing.reason == reason
+
+
+def test_rollback_names_only_the_breaches_that_count() -> None:
+    d = decide(DEFAULT, status(failed=1), BREACH_BOTH_ONE_STARVED, T0 + MIN)
+    assert isinstance(d, Rollback)
+    assert [(b.tier, b.value) for b in d.breaches] == [("small", 0.5)]
+    assert "tier small" in d.message and "tier large" not in d.message
+
+
+def test_an_ignored_breach_is_named_in_the_hold_message() -> None:
+    d = decide(DEFAULT, status(), BREACH_ON_STARVED_TIER, T0 + MIN)
+    assert isinstance(d, Hold) and d.reason == "TooFewSamples"
+    assert "large: 3" in d.message and "not counted" in d.message and "tier large" in d.message
+    assert d.analysis.samples == {"small": 100, "large": 3} and not d.analysis.counted
 
 
 def test_hold_messages_say_why() -> None:

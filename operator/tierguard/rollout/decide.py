@@ -21,8 +21,12 @@ Semantics
 * An interval counts only if every proxy reports the config hash rendered for the current status.
 * Inconclusive intervals :class:`Hold` with a distinct reason and never promote or roll back:
   ``StaleConfig`` (a proxy runs another config), ``ProviderError`` (Prometheus unreachable or a
-  query failed), ``TooFewSamples`` (a tier saw fewer than ``minSamples`` canary requests),
-  ``NoData`` (a query returned nothing).
+  query failed), ``TooFewSamples`` (a checked tier saw fewer than ``minSamples`` canary
+  requests), ``NoData`` (a query returned nothing).
+* The sample gate applies per check, to the check's own tier (a revision-wide check: the busiest
+  tier, i.e. the entry tier): a breach on a tier with enough samples counts even when another
+  tier saw too few, while any check on a tier with too few samples is inconclusive. Nothing but
+  passing checks on tiers with enough samples promotes.
 * A ``BREACH`` increments ``failedChecks``; reaching ``failureThreshold`` is a :class:`Rollback`
   naming the breached SLO, its value and bound. Passing analyses do not reset the count: a canary
   that breaches intermittently still rolls back. The count resets when a new revision starts, on
@@ -206,25 +210,49 @@ def _describe(checks: tuple[Check, ...], limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _classify(spec: RolloutSpec, obs: Observations) -> tuple[AnalysisResult, str]:
+def _enough_samples(spec: RolloutSpec, obs: Observations, tier: str | None) -> bool:
+    """Whether a check on ``tier`` saw at least ``minSamples`` canary requests. A revision-wide
+    check (``tier=None``) is held to the busiest tier's count: the entry tier sees every request."""
+    if spec.min_samples <= 0:
+        return True
+    n = obs.samples.get(tier, 0) if tier is not None else max(obs.samples.values(), default=0)
+    return n >= spec.min_samples
+
+
+def _classify(spec: RolloutSpec, obs: Observations) -> tuple[AnalysisResult, str, tuple[Check, ...]]:
+    """The analysis result, its message and the breaches that count.
+
+    The sample gate applies per check, to the check's own tier: a breach on a tier with enough
+    samples counts even when another tier saw too few (e.g. the last tier gets no traffic because
+    the cheap tier wrongly accepts everything); a check on a tier with too few samples is
+    inconclusive, whatever its verdict.
+    """
     if not obs.config_current:
-        return "StaleConfig", obs.config_message or "a proxy does not report the current config"
+        return "StaleConfig", obs.config_message or "a proxy does not report the current config", ()
     if obs.provider_error is not None or obs.errors:
         msg = obs.provider_error or _describe(obs.errors)
-        return "ProviderError", f"metrics provider error: {msg}"
+        return "ProviderError", f"metrics provider error: {msg}", ()
+    breaches = tuple(c for c in obs.breaches if _enough_samples(spec, obs, c.tier))
+    if breaches:
+        return "Breach", _describe(breaches), breaches
     if spec.min_samples > 0:
         if not obs.samples:
-            return "TooFewSamples", "no canary sample counts observed"
-        low = {t: n for t, n in obs.samples.items() if n < spec.min_samples}
-        if low:
-            detail = ", ".join(f"{t}: {n}" for t, n in sorted(low.items()))
-            return "TooFewSamples", f"fewer than {spec.min_samples} canary requests in the window ({detail})"
-    if obs.breaches:
-        return "Breach", _describe(obs.breaches)
+            return "TooFewSamples", "no canary sample counts observed", ()
+        low_tiers = {t for t, n in obs.samples.items() if n < spec.min_samples}
+        low_tiers |= {c.tier for c in obs.checks if c.tier is not None and c.tier not in obs.samples}
+        if low_tiers:
+            detail = ", ".join(f"{t}: {obs.samples.get(t, 0)}" for t in sorted(low_tiers))
+            ignored = [c for c in obs.breaches if c.tier in low_tiers]
+            note = f"; not counted: {_describe(tuple(ignored))}" if ignored else ""
+            return (
+                "TooFewSamples",
+                f"fewer than {spec.min_samples} canary requests in the window ({detail}){note}",
+                (),
+            )
     if obs.no_data:
-        return "NoData", f"no data: {_describe(obs.no_data)}"
+        return "NoData", f"no data: {_describe(obs.no_data)}", ()
     n = len(obs.checks)
-    return "Pass", f"{n} check{'s' if n != 1 else ''} passed"
+    return "Pass", f"{n} check{'s' if n != 1 else ''} passed", ()
 
 
 def _stalled(spec: RolloutSpec, status: PolicyStatus, step: RolloutStep, now: datetime) -> bool:
@@ -247,7 +275,7 @@ def decide(spec: RolloutSpec, status: PolicyStatus, obs: Observations | None, no
 
     idx = step_index(spec, status)
     step = spec.steps[idx]
-    result, detail = _classify(spec, obs)
+    result, detail, breaches = _classify(spec, obs)
     analysis = Analysis(
         time=now,
         result=result,
@@ -267,7 +295,7 @@ def decide(spec: RolloutSpec, status: PolicyStatus, obs: Observations | None, no
                 f"rolled back canary {status.canary.name} at {at}: {failed}/{spec.failure_threshold} "
                 f"failed checks; breached: {detail}",
                 failed,
-                tuple(_check_result(c) for c in obs.breaches),
+                tuple(_check_result(c) for c in breaches),
                 analysis,
             )
         return Hold(
