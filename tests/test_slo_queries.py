@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import pytest
@@ -12,6 +12,7 @@ from tierguard.metrics.fake import FakeProvider
 from tierguard.metrics.provider import ProviderError, QueryError
 from tierguard.policy import CascadePolicySpec, Objective, QualitySLOSpec, Revision, Signal, SLORef
 from tierguard.rollout.analysis import observe
+from tierguard.rollout.decide import Hold, decide
 from tierguard.rollout.observations import Verdict
 from tierguard.rollout.slo import (
     QueryContext,
@@ -320,6 +321,19 @@ def test_observe_config_hash() -> None:
         config_hash="h2",
     )
     assert o.config_current
+
+
+def test_observe_a_failing_config_hash_query_is_a_provider_error_hold() -> None:
+    """A QueryError from the config-hash query does not escape: the analysis holds (ProviderError)."""
+    q = config_current_query("p", "ns", "h1")
+    fake = FakeProvider(answers(**{q: QueryError("vector cannot contain metrics with the same labelset")}))
+    o = observe("p", "ns", CANARY_SPEC, status(), slos(ERR), fake)
+    assert o.provider_error is not None
+    assert "config hash query" in o.provider_error and "same labelset" in o.provider_error
+    assert o.checks == () and fake.queries == [q]
+    d = decide(CANARY_SPEC.rollout, status(), o, datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=1))
+    assert isinstance(d, Hold) and d.reason == "ProviderError" and not d.failed_check
+    assert "same labelset" in d.message
 
 
 REL = obj(signal="thumbs_down_rate", maxIncreaseOverStable=0.02, tier="small")

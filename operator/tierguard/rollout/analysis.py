@@ -141,8 +141,9 @@ def observe(
     ``slos`` maps QualitySLO names to their specs (those ``spec.slos`` refers to); a missing one
     gives an ``ERROR`` check. ``config_hash`` is the hash of the proxy config rendered for
     ``status`` (default: ``status.config_hash``). ``namespace=None`` leaves the namespace label
-    out of every query. Never raises for provider trouble: an unreachable provider is reported in
-    ``provider_error``, a bad query as an ``ERROR`` check.
+    out of every query. Never raises for provider trouble: an unreachable provider, or a failing
+    config-hash or sample query, is reported in ``provider_error``; a bad objective query as an
+    ``ERROR`` check.
     """
     canary = status.canary
     if canary is None:
@@ -158,7 +159,10 @@ def observe(
         if expected is None:
             config_current, config_message = False, "no config hash recorded for the current status yet"
         else:
-            share = _query(provider, config_current_query(policy_name, namespace, expected))
+            try:
+                share = _query(provider, config_current_query(policy_name, namespace, expected))
+            except QueryError as err:  # the interval cannot count: a ProviderError hold
+                return Observations(config_current=True, provider_error=f"config hash query: {err}")
             if share is None:
                 config_current = False
                 config_message = (
