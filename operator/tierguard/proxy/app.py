@@ -23,6 +23,7 @@ from ..cascade import Judgement, acceptance_impossible, judge, raw_confidence
 from ..confidence import confidence_bucket
 from ..policy import ProxyConfig
 from .decision_log import DecisionLog
+from .drift_monitor import DriftMonitor, DriftSettings
 from .ids import IdSigner, InvalidId, SeenIds, load_key
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime, Runtime
@@ -159,6 +160,7 @@ class ProxyApp:
         self.decision_log = decision_log
         self.decision_log_fixed = decision_log_fixed  # set on the command line: reloads keep it
         self.shadow = ShadowScorer(self.metrics, decision_log)
+        self.drift = DriftMonitor(self.metrics.confidence_psi, DriftSettings.from_env())
         self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
@@ -224,6 +226,7 @@ class ProxyApp:
             self.metrics.reloads.labels(config.policy, "restart_required").inc()
         self.signer = signer
         self.runtime = rt
+        self.drift.retain(r.name for r in rt.revisions())
         self.metrics.policy = config.policy
         self.metrics.set_config(
             rt.config_hash, rt.stable.name, rt.canary.name if rt.canary else None, rt.weight
@@ -640,6 +643,7 @@ class ProxyApp:
                 m.escalations.labels(policy, rev, a.tier, j.reason).inc()
             if j is not None and j.confidence is not None:
                 m.confidence.labels(policy, rev, a.tier).observe(j.confidence)
+                self.drift.observe(policy, outcome.revision.revision, j.tier, j.confidence)
             if a.latency_s:
                 m.tier_latency.labels(policy, rev, a.tier).observe(a.latency_s)
             if a.tokens_in:

@@ -39,6 +39,12 @@ class ProxyMetrics:
         self.confidence = Histogram(
             m.CONFIDENCE, "Calibrated confidence per tier", rt, buckets=m.CONFIDENCE_BUCKETS, registry=r
         )
+        self.confidence_psi = Gauge(
+            m.CONFIDENCE_PSI,
+            "PSI of the tier's last calibrated confidences against its reference distribution",
+            rt,
+            registry=r,
+        )
         self.tier_latency = Histogram(
             m.TIER_LATENCY, "Latency of tier calls", rt, buckets=m.LATENCY_BUCKETS, registry=r
         )
