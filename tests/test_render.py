@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 
 from tierguard.kube import render
-from tierguard.kube.handlers import event_body, merge_diff
+from tierguard.kube.client import KubeApi
+from tierguard.kube.handlers import Reconciler, event_body, merge_diff
 from tierguard.kube.validate import validate_policy
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
+from tierguard.rollout.observations import Observations
 from tierguard.rollout.status import PolicyStatus
 
 SPEC: dict[str, Any] = {
@@ -333,3 +338,118 @@ def test_a_usable_policy_resolves_its_slos() -> None:
     result = validate_policy("chat", {**SPEC, "slos": [{"name": "q"}]}, {"q": SLO})
     assert result.ok and result.spec is not None
     assert [o.name for o in result.slos["q"].objectives] == ["errors"]
+
+
+# --- the reconciler's bookkeeping under concurrency ------------------------------------------------
+
+
+class _RecordingApi:
+    """Stands in for the API server where only server-side applies happen (nothing is sent)."""
+
+    def __init__(self) -> None:
+        self.applied = 0
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applied += 1
+        return obj
+
+
+def _observer(**_: Any) -> Observations:
+    return Observations()
+
+
+def _owner(i: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"p{i}", "namespace": "ns", "uid": f"uid-{i}"}}
+
+
+def test_forget_is_safe_while_worker_threads_apply_children() -> None:
+    """forget() runs on the event loop while reconciles in worker threads record their applies."""
+    rec = Reconciler(cast(KubeApi, _RecordingApi()), _observer, service_monitors=False)
+    s = spec()
+    cfg = config(s, split(render.capable_only(s), render.revision_for(s), 5))
+    kids = render.children(_owner(0), s, cfg, with_service_monitor=False)
+    for i in range(20000):  # many remembered policies: forget() has a lot to look through
+        for kid in kids:
+            rec._record_applied(("ns", f"old{i}"), kid["kind"], "x")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        i = offset
+        try:
+            while not stop.is_set():
+                rec._apply_children(_owner(i), s, cfg)
+                i += 2
+        except BaseException as err:  # reported by the test
+            failures.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as a busy operator would
+    try:
+        for t in threads:
+            t.start()
+        for i in range(300):
+            rec.forget(("ns", f"old{i}"))
+    except RuntimeError as err:
+        failures.append(err)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(old_interval)
+    assert not failures, failures
+    assert ("ns", "old0") not in rec._applied and ("ns", "old300") in rec._applied
+
+
+def test_forget_drops_the_applied_record_and_only_its_own_waker() -> None:
+    api = _RecordingApi()
+    rec = Reconciler(cast(KubeApi, api), _observer, service_monitors=False)
+    s = spec()
+    cfg = config(s, split(render.capable_only(s), render.revision_for(s), 5))
+    rec._apply_children(OWNER, s, cfg)
+    rec._apply_children(OWNER, s, cfg)
+    assert api.applied == 3  # the second time nothing changed: nothing applied
+    old_waker, new_waker = (lambda: None), (lambda: None)
+    rec.wakers[("prod", "chat")] = new_waker
+    rec.forget(("prod", "chat"), old_waker)  # an older daemon stopping keeps the newer one's waker
+    assert rec.wakers[("prod", "chat")] is new_waker
+    rec._apply_children(OWNER, s, cfg)
+    assert api.applied == 6  # forgotten: applied again
+    rec.forget(("prod", "chat"), new_waker)
+    assert ("prod", "chat") not in rec.wakers and rec._applied == {}
+
+
+def test_policy_locks_are_pruned_and_still_serialise() -> None:
+    rec = Reconciler(cast(KubeApi, _RecordingApi()), _observer, service_monitors=False)
+    key = ("ns", "p")
+    inside = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with rec.lock(key):
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    def second() -> None:
+        with rec.lock(key):
+            order.append("second in")
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    assert inside.wait(10)
+    t2 = threading.Thread(target=second)
+    t2.start()
+    while rec._locks[key].users < 2:  # the second reconcile is waiting
+        time.sleep(0.001)
+    release.set()
+    t1.join()
+    t2.join()
+    assert order == ["first in", "first out", "second in"]
+    assert rec._locks == {}  # nothing left behind
+    with rec.lock(("ns", "other")):
+        assert set(rec._locks) == {("ns", "other")}
+    assert rec._locks == {}

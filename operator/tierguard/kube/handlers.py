@@ -29,7 +29,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -111,6 +111,12 @@ class ReconcileResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _PolicyLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0  # reconciles holding or waiting for the lock
+
+
 class Conflict(Exception):
     """The policy changed between our read and our write: reconcile again."""
 
@@ -129,10 +135,12 @@ class Reconciler:
         self.clock = clock
         self._service_monitors = service_monitors
         self._sm_checked: tuple[bool, float] | None = None
-        self._locks: dict[Key, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        # (policy, kind) -> (fingerprint, monotonic time) of the last apply
-        self._applied: dict[tuple[Key, str], tuple[str, float]] = {}
+        # Reconciles run in worker threads, forget() on the event loop: ``_guard`` protects both
+        # maps below and is only ever held for a dict operation.
+        self._guard = threading.Lock()
+        self._locks: dict[Key, _PolicyLock] = {}  # only while a reconcile holds or waits for it
+        # policy -> kind -> (fingerprint, monotonic time) of the last apply
+        self._applied: dict[Key, dict[str, tuple[str, float]]] = {}
         self.resync_seconds = RESYNC_SECONDS
         self.slo_cache: dict[Key, dict[str, Any]] = {}  # fed by the QualitySLO watch
         self.wakers: dict[Key, Callable[[], None]] = {}
@@ -140,14 +148,40 @@ class Reconciler:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def lock(self, key: Key) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
+    @contextlib.contextmanager
+    def lock(self, key: Key) -> Iterator[None]:
+        """Serialise the reconciles of one policy. The lock exists only while a reconcile holds or
+        waits for it, so deleted policies leave nothing behind."""
+        with self._guard:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = _PolicyLock()
+            entry.users += 1
+        try:
+            with entry.lock:
+                yield
+        finally:
+            with self._guard:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._locks[key]
 
-    def forget(self, key: Key) -> None:
-        for k in [k for k in self._applied if k[0] == key]:
-            del self._applied[k]
-        self.wakers.pop(key, None)
+    def forget(self, key: Key, waker: Callable[[], None] | None = None) -> None:
+        """Drop what is remembered about a policy (its daemon stopped: deleted, or shutdown).
+        ``waker``: only unregister this one (a newer daemon of the same policy may have replaced
+        it)."""
+        with self._guard:
+            self._applied.pop(key, None)
+        if waker is None or self.wakers.get(key) is waker:
+            self.wakers.pop(key, None)
+
+    def _last_applied(self, key: Key, kind: str) -> tuple[str, float] | None:
+        with self._guard:
+            return self._applied.get(key, {}).get(kind)
+
+    def _record_applied(self, key: Key, kind: str, fingerprint: str) -> None:
+        with self._guard:
+            self._applied.setdefault(key, {})[kind] = (fingerprint, time.monotonic())
 
     def wake(self, key: Key) -> None:
         waker = self.wakers.get(key)
@@ -211,6 +245,8 @@ class Reconciler:
         result = ReconcileResult()
         obj = self.api.get_or_none(policy_path(namespace, name))
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            with self._guard:
+                self._applied.pop((namespace, name), None)
             return result
         meta = obj["metadata"]
         generation = int(meta.get("generation") or 0)
@@ -343,8 +379,7 @@ class Reconciler:
         kids = render.children(owner, spec, config, with_service_monitor=self.service_monitors_supported())
         for child in kids:
             fingerprint = _fingerprint(child)
-            slot = (key, child["kind"])
-            last = self._applied.get(slot)
+            last = self._last_applied(key, child["kind"])
             if (
                 last is not None
                 and last[0] == fingerprint
@@ -352,7 +387,7 @@ class Reconciler:
             ):
                 continue
             self.api.apply(child)
-            self._applied[slot] = (fingerprint, time.monotonic())
+            self._record_applied(key, child["kind"], fingerprint)
 
     def _post_events(self, obj: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
@@ -506,7 +541,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 delay = min(max(delay, 0.05), MAX_IDLE_SECONDS)
                 await _sleep(stopped, woken, delay)
         finally:
-            reconciler.forget(key)
+            reconciler.forget(key, wake)
 
     @kopf.on.event(group, version, PLURAL_SLOS, registry=registry)
     async def slo_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
