@@ -202,3 +202,64 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
     base = capable_baseline(rows)
     assert ev.accuracy >= base.accuracy - 0.02
     assert ev.cost < base.cost
+
+
+# --- the drift reference -------------------------------------------------------------------------
+
+
+def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it():
+    from tierguard.calibrate import reached_confidences, with_confidence
+    from tierguard.cascade import route
+    from tierguard.drift import reference_fractions
+
+    rows = _rows(2000, 3)
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.0))
+    cheap, capable = (t.confidence for t in cal.spec.tiers)
+    # the cheap tier sees every query: its reference is its calibrated confidence on all rows
+    cmap = cheap.calibration_map()
+    assert cheap.reference == reference_fractions([cmap(r.raw[0]) for r in rows])
+    # the capable tier sees only what the cheap tier escalated under the chosen threshold
+    escalated = [r for r in rows if route(cal.spec, r.raw).answered_by == 1]
+    assert 100 <= len(escalated) < len(rows)
+    cap_map = capable.calibration_map()
+    assert capable.reference == reference_fractions([cap_map(r.raw[1]) for r in escalated])
+    assert cal.reference_rows == [len(rows), len(escalated)]
+    assert [len(v) for v in reached_confidences(cal.spec, rows)] == cal.reference_rows
+
+    # too few rows reach a tier: no reference, and a stale one from the source policy is removed
+    stale = with_confidence(cal.spec, references=[cheap.reference, cheap.reference])
+    few = calibrate(
+        stale, rows[:150], SelectionObjective(max_accuracy_drop=0.01, confidence=0.0), min_reference_rows=120
+    )
+    assert few.spec.tiers[0].confidence.reference is not None
+    assert few.reference_rows is not None and few.reference_rows[1] < 120
+    assert few.spec.tiers[1].confidence.reference is None
+
+
+def test_calibrate_command_writes_the_reference(files):
+    from tierguard.drift import CONFIDENCE_EDGES
+
+    data, policy, tmp = files
+    out = tmp / "calibrated.yaml"
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--split", "train", "--out", out,
+        "--min-reference-rows", "50",
+    )  # fmt: skip
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("drift references"))
+    raw = yaml.safe_load(out.read_text())
+    _, spec = load_policy_spec(out)
+    for written, tier in zip(raw["spec"]["tiers"], spec.tiers):
+        ref = tier.confidence.reference
+        if ref is None:
+            assert f"{tier.name} none (only" in line and "reference" not in written["confidence"]
+            continue
+        assert f"{tier.name} (" in line
+        assert written["confidence"]["reference"] == ref
+        assert len(ref) == len(CONFIDENCE_EDGES) + 1 and sum(ref) == pytest.approx(1.0, abs=1e-6)
+    assert spec.tiers[0].confidence.reference is not None  # the first tier sees every row
+    bad = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp / "x.yaml", "--min-reference-rows", "0",
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--min-reference-rows must be at least 1" in bad.stderr
+    assert "Traceback" not in bad.stderr

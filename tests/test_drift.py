@@ -138,3 +138,71 @@ def test_vectorised_paths_match_the_streaming_detectors():
     idx, vals = psi_path(np.array(values), CONFIDENCE_EDGES, ref, 200, 50)
     assert list(idx) == [i for i, _ in expected]
     assert np.allclose(vals, [v for _, v in expected])
+
+
+# --- the stored reference (TierConfidence.reference) ---------------------------------------------
+
+
+def test_reference_fractions_are_bin_proportions_on_the_fixed_edges():
+    from tierguard.drift import CONFIDENCE_BINS, check_reference, reference_fractions
+
+    values = [0.1] * 25 + [0.75] * 50 + [1.0] * 25
+    ref = reference_fractions(values)
+    assert len(ref) == CONFIDENCE_BINS == len(CONFIDENCE_EDGES) + 1
+    assert ref[0] == 0.25 and ref[2] == 0.5 and ref[-1] == 0.25
+    check_reference(ref)
+    thirds = reference_fractions([0.1, 0.6, 0.75])
+    assert thirds[:3] == [0.333333] * 3  # rounded, still a valid reference
+    check_reference(thirds)
+    with pytest.raises(ValueError, match="empty"):
+        reference_fractions([])
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ([0.5, 0.5], "needs 11 proportions"),
+        ([0.2] * 11, "must sum to 1, they sum to 2.2"),
+        ([-0.1, 0.2, *[0.1] * 9], "proportion 0 is -0.1"),
+        ([math.nan, *[0.1] * 10], "proportion 0 is nan"),
+    ],
+)
+def test_check_reference_says_what_is_wrong(reference, message):
+    from tierguard.drift import check_reference
+
+    with pytest.raises(ValueError, match=message):
+        check_reference(reference)
+
+
+def test_tier_confidence_reference_field():
+    from pydantic import ValidationError
+
+    from tierguard.drift import reference_fractions
+    from tierguard.policy import TierConfidence
+
+    ref = reference_fractions([0.3, 0.6, 0.85, 0.97])
+    tc = TierConfidence.model_validate({"threshold": 0.8, "reference": ref})
+    assert tc.reference == ref
+    assert tc.to_yaml_dict() == {"threshold": 0.8, "reference": ref}
+    for bad in ([0.5, 0.5], [0.2] * 11, [1.5, *[0.0] * 10]):
+        with pytest.raises(ValidationError, match="reference"):
+            TierConfidence.model_validate({"reference": bad})
+    # without a reference the serialised form is what it was before the field existed, so the
+    # revision names (content hashes) of existing policies do not change
+    assert "reference" not in TierConfidence().model_dump()
+    assert TierConfidence().model_dump(by_alias=True) == {"threshold": 0.5, "calibration": None}
+
+
+def test_psi_window_add_and_current_match_observe():
+    rng = random.Random(5)
+    ref = histogram([rng.random() for _ in range(200)], CONFIDENCE_EDGES)
+    a = PSIWindow(CONFIDENCE_EDGES, ref, window=50, step=10)
+    b = PSIWindow(CONFIDENCE_EDGES, ref, window=50, step=10)
+    for i in range(120):
+        x = rng.random() ** 0.3
+        got = a.observe(x)
+        b.add(x)
+        assert b.count == min(i + 1, 50) and b.full == (i >= 49) and b.seen == i + 1
+        if got is not None:
+            assert b.current() == pytest.approx(got)
+    assert PSIWindow(CONFIDENCE_EDGES, ref, window=50).current() is None  # not full yet
