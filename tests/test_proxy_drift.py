@@ -284,52 +284,140 @@ def wait_for_revision_change(proxy_base: str, old: str) -> str:
     raise AssertionError("the proxy did not apply the new policy")
 
 
-def test_psi_stays_low_on_familiar_traffic_and_rises_on_a_shifted_slice(tmp_path):
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """Sims serving the synthetic rows and the policy `tierguard calibrate` wrote from the train rows."""
+    d = tmp_path_factory.mktemp("drift")
     rows = synthetic_rows()
-    data = write_outcomes(tmp_path / "outcomes.jsonl", rows)
+    data = write_outcomes(d / "outcomes.jsonl", rows)
     sims = {t: start_sim(data, t, latency_scale=0) for t in TIERS}
     try:
-        src = source_policy(tmp_path / "policy.yaml", {t: sims[t].url for t in TIERS})
-        calibrated = tmp_path / "calibrated.yaml"
-        out = tierguard(
-            "calibrate", "--data", data, "--policy", src, "--split", "train", "--out", calibrated,
+        src = source_policy(d / "policy.yaml", {t: sims[t].url for t in TIERS})
+        out = d / "calibrated.yaml"
+        proc = tierguard(
+            "calibrate", "--data", data, "--policy", src, "--split", "train", "--out", out,
             "--max-accuracy-drop", "0.05", "--confidence", "0",
         )  # fmt: skip
-        assert "drift references (tierguard_confidence_psi): cheap (600 rows)" in out.stdout
-        spec = yaml.safe_load(calibrated.read_text())["spec"]
-        reference = spec["tiers"][0]["confidence"]["reference"]
-        assert len(reference) == len(CONFIDENCE_EDGES) + 1 and sum(reference) == pytest.approx(1.0)
-
-        env = {"TIERGUARD_PSI_WINDOW": "300", "TIERGUARD_PSI_STEP": "50", "TIERGUARD_PSI_INTERVAL": "3600"}
-        with start_proxy(calibrated, env=env, decision_log="off", reload_interval=0.2) as proxy:
-            by_split = {
-                s: [user(r["user_prompt"]) for r in rows if r["split"] == s] for s in ("test", "shift")
-            }
-            send_all(proxy.base, by_split["test"][:299])
-            assert psi_series(proxy.base) == {}  # a partial window exports nothing
-            send_all(proxy.base, by_split["test"][299:])
-            series = psi_series(proxy.base)
-            revision_name = httpx.get(f"{proxy.base}/readyz").json()["stable"]
-            assert set(series) <= {(revision_name, "cheap"), (revision_name, "big")}
-            familiar = series[(revision_name, "cheap")]
-            assert familiar < 0.1
-
-            send_all(proxy.base, by_split["shift"])
-            shifted = psi_series(proxy.base)[(revision_name, "cheap")]
-            assert shifted > 0.25
-            print(f"\ncheap tier PSI: familiar traffic {familiar:.4f}, shifted slice {shifted:.4f}")
-
-            # a new revision (here: another threshold) replaces the old one's series
-            changed = yaml.safe_load(calibrated.read_text())
-            changed["spec"]["tiers"][0]["confidence"]["threshold"] = 0.99
-            tmp = tmp_path / "next.yaml"
-            tmp.write_text(yaml.safe_dump(changed))
-            os.replace(tmp, calibrated)
-            wait_for_revision_change(proxy.base, revision_name)
-            assert psi_series(proxy.base) == {}
+        traffic = {s: [user(r["user_prompt"]) for r in rows if r["split"] == s] for s in ("test", "shift")}
+        yield out, proc.stdout, traffic
     finally:
-        for s in sims.values():
-            s.stop()
+        for sim in sims.values():
+            sim.stop()
+
+
+PROXY_ENV = {"TIERGUARD_PSI_WINDOW": "300", "TIERGUARD_PSI_STEP": "50", "TIERGUARD_PSI_INTERVAL": "3600"}
+
+
+def test_psi_stays_low_on_familiar_traffic_and_rises_on_a_shifted_slice(calibrated, tmp_path):
+    source, stdout, traffic = calibrated
+    assert "drift references (tierguard_confidence_psi): cheap (600 rows)" in stdout
+    reference = yaml.safe_load(source.read_text())["spec"]["tiers"][0]["confidence"]["reference"]
+    assert len(reference) == len(CONFIDENCE_EDGES) + 1 and sum(reference) == pytest.approx(1.0)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(source.read_text())
+
+    with start_proxy(policy, env=PROXY_ENV, decision_log="off", reload_interval=0.2) as proxy:
+        send_all(proxy.base, traffic["test"][:299])
+        assert psi_series(proxy.base) == {}  # a partial window exports nothing
+        send_all(proxy.base, traffic["test"][299:])
+        series = psi_series(proxy.base)
+        revision_name = httpx.get(f"{proxy.base}/readyz").json()["stable"]
+        assert set(series) <= {(revision_name, "cheap"), (revision_name, "big")}
+        familiar = series[(revision_name, "cheap")]
+        assert familiar < 0.1
+
+        send_all(proxy.base, traffic["shift"])
+        shifted = psi_series(proxy.base)[(revision_name, "cheap")]
+        assert shifted > 0.25
+        print(f"\ncheap tier PSI: familiar traffic {familiar:.4f}, shifted slice {shifted:.4f}")
+
+        # a new revision (here: another threshold) replaces the old one's series
+        changed = yaml.safe_load(policy.read_text())
+        changed["spec"]["tiers"][0]["confidence"]["threshold"] = 0.99
+        tmp = tmp_path / "next.yaml"
+        tmp.write_text(yaml.safe_dump(changed))
+        os.replace(tmp, policy)
+        wait_for_revision_change(proxy.base, revision_name)
+        assert psi_series(proxy.base) == {}
+
+
+def _prometheus_skip() -> str | None:
+    try:
+        from infra.binaries import MissingBinaryError, prometheus_binary
+    except ImportError:  # pragma: no cover
+        return "tests/infra is missing"
+    try:
+        prometheus_binary()
+    except MissingBinaryError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.prometheus
+@pytest.mark.skipif(bool(_prometheus_skip()), reason=_prometheus_skip() or "")
+def test_confidence_drift_objective_passes_then_breaches_through_prometheus(calibrated):
+    """The QualitySLO signal `confidence_drift` against a real Prometheus scraping the real proxy:
+    PASS on familiar traffic, BREACH after the shifted slice (it used to be NO_DATA: nothing
+    exported the gauge)."""
+    from datetime import UTC, datetime
+
+    from infra.prometheus import PrometheusServer
+    from tierguard.metrics.prometheus import PrometheusProvider
+    from tierguard.policy import QualitySLOSpec, SLORef, load_policy_spec, load_proxy_config
+    from tierguard.rollout.analysis import observe
+    from tierguard.rollout.observations import Verdict
+    from tierguard.rollout.status import PolicyStatus
+
+    source, _, traffic = calibrated
+    namespace = "ns"
+    name, spec = load_policy_spec(source)
+    rev = load_proxy_config(source).stable
+    spec = spec.model_copy(
+        update={
+            "rollout": spec.rollout.model_copy(update={"interval": "30s", "min_samples": 0}),
+            "slos": [SLORef(name="drift")],
+        }
+    )
+    slos = {
+        "drift": QualitySLOSpec.model_validate(
+            {
+                "objectives": [
+                    {"name": "cheap-drift", "tier": "cheap", "signal": "confidence_drift", "max": 0.25}
+                ]
+            }
+        )
+    }
+    status = PolicyStatus(
+        phase="Progressing",
+        stable=rev,
+        stable_revision=rev.name,
+        canary=rev,
+        canary_revision=rev.name,
+        canary_weight=100,
+        step_started_at=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    series = f'{PSI}{{namespace="{namespace}",revision="{rev.name}",tier="cheap"}}'
+
+    def drift_check():
+        obs = observe(name, namespace, spec, status, slos, PrometheusProvider(prom.url))
+        assert obs.provider_error is None
+        (check,) = [c for c in obs.checks if c.objective == "cheap-drift"]
+        return check
+
+    with (
+        start_proxy(source, env=PROXY_ENV, decision_log="off") as proxy,
+        PrometheusServer(targets=[(f"127.0.0.1:{proxy.port}", {"namespace": namespace})]) as prom,
+    ):
+        assert drift_check().verdict is Verdict.NO_DATA  # nothing exported yet: a partial window
+        send_all(proxy.base, traffic["test"])
+        prom.wait_for_value(series, lambda v: v >= 0, timeout=30)
+        check = drift_check()
+        assert check.verdict is Verdict.PASS and check.value is not None and check.value < 0.1
+        send_all(proxy.base, traffic["shift"])
+        prom.wait_for_value(series, lambda v: v > 0.25, timeout=30)
+        check = drift_check()
+        assert check.verdict is Verdict.BREACH and check.value is not None and check.value > 0.25
+        assert check.bound == 0.25
 
 
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
