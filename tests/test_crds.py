@@ -130,6 +130,18 @@ def test_cascade_policy_validations() -> None:
     assert at(spec, "tiers.[].baseUrl")["pattern"].startswith("^https?://")
 
 
+def test_proxy_env_and_secret_mounts_schema() -> None:
+    proxy = at(at(schema_of(load("cascadepolicies.yaml")), "spec"), "proxy")
+    env = at(proxy, "env")
+    assert env["x-kubernetes-list-type"] == "map" and env["x-kubernetes-list-map-keys"] == ["name"]
+    assert "has(self.value) != has(self.valueFrom)" in rules(env["items"])
+    assert set(at(proxy, "env.[].valueFrom.secretKeyRef")["required"]) == {"name", "key"}
+    mounts = at(proxy, "secretMounts")
+    assert mounts["x-kubernetes-list-map-keys"] == ["mountPath"]
+    assert set(mounts["items"]["required"]) == {"secretName", "mountPath"}
+    assert at(proxy, "secretMounts.[].mountPath")["pattern"] == "^/[^:]*$"
+
+
 def test_status_schema_holds_the_rollout_state() -> None:
     status = at(schema_of(load("cascadepolicies.yaml")), "status")
     for field in (

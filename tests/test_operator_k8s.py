@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 
 def until(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     timeout: float = 30.0,
     what: str = "condition",
     diag: Callable[[], str] | None = None,
@@ -380,6 +380,23 @@ def test_crds_serve_printer_columns_short_names_and_status(env: Env) -> None:
             "steps",
         ),
         ("bad tier name", lambda s: s["tiers"][0].update(name="Mini_Tier"), "name"),
+        (
+            "env value and valueFrom",
+            lambda s: s["proxy"].update(
+                env=[{"name": "K", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+            ),
+            "exactly one of value or valueFrom",
+        ),
+        (
+            "duplicate env name",
+            lambda s: s["proxy"].update(env=[{"name": "K", "value": "1"}, {"name": "K", "value": "2"}]),
+            "Duplicate value",
+        ),
+        (
+            "relative secret mount path",
+            lambda s: s["proxy"].update(secretMounts=[{"secretName": "s", "mountPath": "keys"}]),
+            "mountPath",
+        ),
         ("unknown field", lambda s: s.update(tierz=[]), "tierz"),
     ],
 )
@@ -410,19 +427,26 @@ def test_new_policy_gets_owned_children_status_and_events(env: Env) -> None:
     created = env.create(obj)
     uid = created["metadata"]["uid"]
 
-    def ready() -> bool:
-        return bool(observed(env.cluster, env.ns, "chat") and config_of(env.cluster, env.ns, "chat"))
-
-    until(ready, 30, "status and ConfigMap", env.operator.tail)
-    latency = time.monotonic() - t0
-    print(f"\nreconcile latency (create -> status observed + ConfigMap rendered): {latency * 1000:.0f} ms")
-
-    # children, each owned by the policy (controller reference)
-    for path in (
+    children = (
         f"/api/v1/namespaces/{env.ns}/configmaps/chat-proxy",
         f"/apis/apps/v1/namespaces/{env.ns}/deployments/chat-proxy",
         f"/api/v1/namespaces/{env.ns}/services/chat-proxy",
-    ):
+    )
+
+    def ready() -> bool:
+        # the status is written first, then the children one by one (ConfigMap first)
+        return bool(
+            observed(env.cluster, env.ns, "chat")
+            and config_of(env.cluster, env.ns, "chat")
+            and all(get(env.cluster, p) is not None for p in children)
+        )
+
+    until(ready, 30, "status and children", env.operator.tail)
+    latency = time.monotonic() - t0
+    print(f"\nreconcile latency (create -> status observed + children applied): {latency * 1000:.0f} ms")
+
+    # children, each owned by the policy (controller reference)
+    for path in children:
         child = get(env.cluster, path)
         assert child is not None, path
         (ref,) = child["metadata"]["ownerReferences"]
@@ -462,6 +486,38 @@ def test_new_policy_gets_owned_children_status_and_events(env: Env) -> None:
             return any(r["metadata"]["ownerReferences"][0]["name"] == "chat-proxy" for r in rs["items"])
 
         until(replica_set, 30, "a ReplicaSet of chat-proxy")
+
+
+def test_proxy_pods_get_secrets_without_the_operator_reading_them(env: Env) -> None:
+    """spec.proxy.env (a tier's API key from a Secret) and secretMounts (the feedback key file)
+    reach the Deployment written by the operator running as the chart's ServiceAccount, which has
+    no access to Secrets: the pods' kubelet reads them."""
+    obj = policy_manifest("keyed", env.ns)
+    obj["spec"]["tiers"][0]["apiKey"] = {"env": "OPENAI_API_KEY"}
+    obj["spec"]["proxy"].update(
+        feedbackKey={"file": "/var/run/tierguard/feedback/key"},
+        env=[{"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}}}],
+        secretMounts=[{"secretName": "tierguard-feedback", "mountPath": "/var/run/tierguard/feedback"}],
+    )
+    env.create(obj)
+    path = f"/apis/apps/v1/namespaces/{env.ns}/deployments/keyed-proxy"
+    dep = until(lambda: get(env.cluster, path), 30, "the Deployment", env.operator.tail)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["env"] == [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}}}
+    ]
+    assert {"name": "secret-0", "mountPath": "/var/run/tierguard/feedback", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "secret-0"]
+    assert vol["secret"]["secretName"] == "tierguard-feedback"
+    config = config_of(env.cluster, env.ns, "keyed")
+    assert config is not None and config.settings.feedback_key is not None
+    assert config.settings.feedback_key.file == "/var/run/tierguard/feedback/key"
+    token = _token(env.sa_kubeconfig)
+    for verb in ("get", "list", "watch"):
+        assert not _can(env.cluster, token, group="", resource="secrets", verb=verb, namespace=env.ns)
 
 
 def test_reconcile_latency(env: Env) -> None:
@@ -607,7 +663,7 @@ def test_invalid_policy_is_ready_false_and_touches_nothing(env: Env) -> None:
 
 
 def test_restart_mid_rollout_resumes_at_the_same_step(env: Env) -> None:
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"weight": 5, "pause": "indefinite"},
         {"weight": 25, "pause": "indefinite"},
         {"weight": 50, "pause": "indefinite"},
@@ -697,6 +753,8 @@ def test_the_chart_role_is_minimal(env: Env) -> None:
     ]
     denied = [
         dict(group="", resource="secrets", verb="get", namespace=ns),
+        dict(group="", resource="secrets", verb="list", namespace=ns),
+        dict(group="", resource="secrets", verb="watch", namespace=ns),
         dict(group="", resource="configmaps", verb="delete", namespace=ns),
         dict(group="", resource="configmaps", verb="list", namespace=ns),
         dict(group="apps", resource="deployments", verb="delete", namespace=ns),
@@ -836,12 +894,14 @@ def test_ticks_hold_without_counting_and_roll_back_on_breaches(
 
     holds: list[tuple[str | None, int]] = []
     # inconclusive intervals: never move the weight, never count as failures
-    for setup, reason in (
-        (lambda: setattr(metrics, "down", True), "ProviderError"),
-        (lambda: (setattr(metrics, "down", False), setattr(metrics, "samples", 3.0)), "TooFewSamples"),
-        (lambda: (setattr(metrics, "samples", 500.0), setattr(metrics, "config_share", 0.5)), "StaleConfig"),
-    ):
-        setup()
+    settings: list[tuple[dict[str, Any], str]] = [
+        ({"down": True}, "ProviderError"),
+        ({"down": False, "samples": 3.0}, "TooFewSamples"),
+        ({"samples": 500.0, "config_share": 0.5}, "StaleConfig"),
+    ]
+    for setup, reason in settings:
+        for attr, value in setup.items():
+            setattr(metrics, attr, value)
         clock.advance(10)
         res = rec.reconcile(ns, "breach", analyse=True)
         st = status_of(kube_cluster, ns, "breach")
@@ -942,7 +1002,7 @@ def test_ticks_a_concurrent_change_makes_the_reconcile_read_again(
     assert [e["reason"] for e in events_of(kube_cluster, ns, uid)].count("StepAdvanced") == 1
 
 
-SERVICE_MONITOR_CRD = {
+SERVICE_MONITOR_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
     "metadata": {"name": "servicemonitors.monitoring.coreos.com"},

@@ -209,6 +209,90 @@ def test_deployment_runs_the_proxy_on_the_mounted_config() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+SECRETS_PROXY: dict[str, Any] = {
+    **SPEC["proxy"],
+    "feedbackKey": {"file": "/var/run/tierguard/feedback/key"},
+    "env": [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}}},
+        {"name": "TIERGUARD_PSI_WINDOW", "value": "500"},
+    ],
+    "secretMounts": [{"secretName": "tierguard-feedback", "mountPath": "/var/run/tierguard/feedback"}],
+}
+
+
+def test_deployment_passes_secrets_as_env_and_mounts() -> None:
+    """A tier's apiKey {env: OPENAI_API_KEY} and feedbackKey {file: ...} work in a cluster: the env
+    var comes from a Secret, the key file from a mounted Secret; the kubelet reads them, not the
+    operator."""
+    tiers = [{**SPEC["tiers"][0], "apiKey": {"env": "OPENAI_API_KEY"}}, SPEC["tiers"][1]]
+    s = spec(tiers=tiers, proxy=SECRETS_PROXY)
+    dep = render.deployment(OWNER, s)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["env"] == [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}}},
+        {"name": "TIERGUARD_PSI_WINDOW", "value": "500"},
+    ]
+    assert c["volumeMounts"] == [
+        {"name": "config", "mountPath": render.CONFIG_DIR, "readOnly": True},
+        {"name": "secret-0", "mountPath": "/var/run/tierguard/feedback", "readOnly": True},
+    ]
+    assert pod["volumes"] == [
+        {"name": "config", "configMap": {"name": "chat-proxy"}},
+        {"name": "secret-0", "secret": {"secretName": "tierguard-feedback"}},
+    ]
+    # the key file the proxy is told to read lies inside the mount
+    key_file = s.proxy.feedback_key.file if s.proxy.feedback_key else None
+    assert key_file is not None and key_file.startswith(c["volumeMounts"][1]["mountPath"] + "/")
+    # without any, the container has no env and only the config volume
+    plain = render.deployment(OWNER, spec())["spec"]["template"]["spec"]
+    assert "env" not in plain["containers"][0] and len(plain["volumes"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("proxy", "needle"),
+    [
+        ({"env": [{"name": "A"}]}, "exactly one of value or valueFrom"),
+        (
+            {"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
+            "exactly one",
+        ),
+        ({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "unique"),
+        ({"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "Not_A_Name", "key": "k"}}}]}, "name"),
+        ({"secretMounts": [{"secretName": "s", "mountPath": "relative/dir"}]}, "mountPath"),
+        (
+            {
+                "secretMounts": [
+                    {"secretName": "s", "mountPath": "/a"},
+                    {"secretName": "t", "mountPath": "/a/"},
+                ]
+            },
+            "unique",
+        ),
+    ],
+)
+def test_bad_env_and_mounts_are_rejected(proxy: dict[str, Any], needle: str) -> None:
+    result = validate_policy("chat", {**SPEC, "proxy": proxy}, {})
+    assert not result.ok and result.problem is not None and needle in result.problem, result.problem
+
+
+@pytest.mark.parametrize(
+    ("mounts", "needle"),
+    [
+        (["/etc/tierguard"], "config directory"),
+        (["/etc/tierguard/keys"], "config directory"),
+        (["/etc"], "config directory"),
+        (["/var/run/a", "/var/run/a/b"], "overlaps secretMounts[0]"),
+    ],
+)
+def test_secret_mounts_must_not_hide_the_config_or_each_other(mounts: list[str], needle: str) -> None:
+    proxy = {"secretMounts": [{"secretName": f"s{i}", "mountPath": m} for i, m in enumerate(mounts)]}
+    result = validate_policy("chat", {**SPEC, "proxy": proxy}, {})
+    assert not result.ok and result.problem is not None and needle in result.problem, result.problem
+    ok = {"secretMounts": [{"secretName": "s", "mountPath": "/etc/tierguard-keys"}]}
+    assert validate_policy("chat", {**SPEC, "proxy": ok}, {}).ok
+
+
 def test_deployment_does_not_depend_on_the_split() -> None:
     """Weight changes are ConfigMap updates the proxy hot-reloads; they never roll the pods."""
     s = spec()

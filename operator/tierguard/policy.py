@@ -229,6 +229,41 @@ class SLORef(Model):
     name: str = Field(pattern=DNS_LABEL)
 
 
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class SecretKeyRef(Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name (same namespace).")
+    key: str = Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
+
+
+class EnvVarSource(Model):
+    secret_key_ref: SecretKeyRef = Field(description="Take the value from a key of a Secret.")
+
+
+class EnvVar(Model):
+    """An environment variable of the proxy container (Kubernetes' EnvVar, Secrets only)."""
+
+    name: str = Field(max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = Field(default=None, description="A literal value.")
+    value_from: EnvVarSource | None = Field(default=None, description="A value from a Secret.")
+
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("set exactly one of value or valueFrom")
+        return self
+
+
+class SecretMount(Model):
+    """A Secret mounted read-only into the proxy container (one file per key)."""
+
+    secret_name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    mount_path: str = Field(
+        max_length=1024, pattern=r"^/[^:]*$", description="Absolute directory the keys appear in."
+    )
+
+
 class ProxyDeployment(Model):
     replicas: int = Field(default=2, ge=1, le=100)
     image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
@@ -246,6 +281,34 @@ class ProxyDeployment(Model):
         default=16, ge=1, le=10000, description="Concurrent shadow calls at most."
     )
     log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Environment variables of the proxy container, e.g. a tier's API key from a "
+        "Secret (apiKey: {env: NAME}).",
+    )
+    secret_mounts: list[SecretMount] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Secrets mounted read-only into the proxy container, e.g. the feedback key "
+        "(feedbackKey: {file: PATH}).",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in env]
+        if len(set(names)) != len(names):
+            raise ValueError(f"environment variable names must be unique, got {names}")
+        return env
+
+    @field_validator("secret_mounts")
+    @classmethod
+    def _unique_mounts(cls, mounts: list[SecretMount]) -> list[SecretMount]:
+        paths = [m.mount_path.rstrip("/") or "/" for m in mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"mount paths must be unique, got {paths}")
+        return mounts
 
 
 class CascadePolicySpec(CascadeSpec):

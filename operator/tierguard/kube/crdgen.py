@@ -8,9 +8,10 @@ The models' JSON schemas become structural OpenAPI v3 schemas: ``$ref``s are inl
 (``const`` → ``enum``, numeric ``exclusiveMinimum`` → ``minimum`` + ``exclusiveMinimum: true``)
 or dropped (``title``, ``default``, ``additionalProperties: false``: unknown fields are pruned by
 the API server and rejected by strict field validation). On top come what the JSON schema cannot
-say: list-map keys (unique tier, objective and condition names, unique step weights) and CEL
-rules (step weights strictly increasing, calibration points in [0, 1], exactly one of signal or
-query, a bound on every objective, exactly one secret source). ``x-kubernetes-preserve-unknown-
+say: list-map keys (unique tier, objective, condition and environment variable names, unique
+step weights and secret mount paths) and CEL rules (step weights strictly increasing, calibration
+points in [0, 1], exactly one of signal or query, a bound on every objective, exactly one secret
+source, exactly one of value or valueFrom). ``x-kubernetes-preserve-unknown-
 fields`` is set only on ``.status`` (kopf keeps its own bookkeeping there).
 
     tierguard crds                 # print both manifests
@@ -238,6 +239,10 @@ def cascade_policy_spec_schema() -> Schema:
     )
     _list_map(_at(spec, "slos"), "name")
     _rule(_at(spec, "proxy.feedbackKey"), "has(self.env) != has(self.file)", "set exactly one of env or file")
+    env = _at(spec, "proxy.env")
+    _list_map(env, "name")
+    _rule(env["items"], "has(self.value) != has(self.valueFrom)", "set exactly one of value or valueFrom")
+    _list_map(_at(spec, "proxy.secretMounts"), "mountPath")
     return spec
 
 

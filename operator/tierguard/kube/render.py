@@ -6,7 +6,8 @@ Per policy ``NAME`` the operator owns:
   (stable and canary revisions, canary weight, ``spec.proxy``'s settings). The proxy hot-reloads
   it, so a weight change is a ConfigMap update and never restarts a pod. The revisions' content
   comes from the status snapshots (the spec only holds the newest cascade).
-- Deployment ``NAME-proxy`` running ``tierguard proxy`` with the ConfigMap mounted.
+- Deployment ``NAME-proxy`` running ``tierguard proxy`` with the ConfigMap mounted, plus the
+  environment and Secret volumes of ``spec.proxy.env`` and ``spec.proxy.secretMounts``.
 - Service ``NAME-proxy`` (port ``http``).
 - ServiceMonitor ``NAME-proxy`` when the Prometheus Operator's CRD exists.
 
@@ -156,9 +157,18 @@ def config_from_config_map(cm: Mapping[str, Any] | None) -> ProxyConfig | None:
 # --- workload -------------------------------------------------------------------------------------
 
 
+def secret_volume_name(index: int) -> str:
+    return f"secret-{index}"
+
+
 def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
     """The proxy Deployment. Its pod template does not depend on the split: weight changes reach
-    the pods through the mounted ConfigMap (hot reload), not a rollout of the Deployment."""
+    the pods through the mounted ConfigMap (hot reload), not a rollout of the Deployment.
+
+    ``spec.proxy.env`` becomes the container's environment (literal values, or ``valueFrom``
+    ``secretKeyRef``) and each of ``spec.proxy.secretMounts`` a read-only Secret volume: the
+    kubelet reads those Secrets for the pods, the operator never does (it needs no access to
+    Secrets)."""
     meta = owner["metadata"]
     name = meta["name"]
     px = spec.proxy
@@ -182,7 +192,13 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *(
+                {"name": secret_volume_name(i), "mountPath": m.mount_path, "readOnly": True}
+                for i, m in enumerate(px.secret_mounts)
+            ),
+        ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -190,8 +206,15 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if px.env:
+        container["env"] = [e.to_yaml_dict() for e in px.env]
     if px.resources:
         container["resources"] = {k: dict(v) for k, v in px.resources.items()}
+    volumes: list[Obj] = [{"name": "config", "configMap": {"name": child_name(name)}}]
+    volumes += [
+        {"name": secret_volume_name(i), "secret": {"secretName": m.secret_name}}
+        for i, m in enumerate(px.secret_mounts)
+    ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -213,7 +236,7 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
                     "automountServiceAccountToken": False,
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": child_name(name)}}],
+                    "volumes": volumes,
                 },
             },
         },

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ..policy import CascadePolicySpec, PolicyError, QualitySLOSpec, parse_policy_spec
 from ..rollout.slo import validate_slos
-from .render import MAX_POLICY_NAME
+from .render import CONFIG_DIR, MAX_POLICY_NAME
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def validate_policy(
     except PolicyError as err:
         return Validated(None, problem=_one_line(str(err)))
     slos: dict[str, QualitySLOSpec] = {}
-    problems: list[str] = []
+    problems: list[str] = _proxy_problems(spec)
     for ref in spec.slos:
         body = slo_bodies.get(ref.name)
         if body is None or ref.name in slos:
@@ -66,3 +66,27 @@ def validate_policy(
     if problems:
         return Validated(spec, slos, "; ".join(problems))
     return Validated(spec, slos)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def _proxy_problems(spec: CascadePolicySpec) -> list[str]:
+    """Secret mounts that would hide the proxy's config (or each other)."""
+    problems: list[str] = []
+    paths = [m.mount_path for m in spec.proxy.secret_mounts]
+    for i, path in enumerate(paths):
+        if _overlaps(path, CONFIG_DIR):
+            problems.append(
+                f"spec.proxy.secretMounts[{i}].mountPath {path!r} overlaps the proxy's config directory "
+                f"{CONFIG_DIR}: mount the Secret elsewhere (e.g. /var/run/tierguard/...)"
+            )
+        for j in range(i):
+            if _overlaps(path, paths[j]):
+                problems.append(
+                    f"spec.proxy.secretMounts[{i}].mountPath {path!r} overlaps secretMounts[{j}] "
+                    f"({paths[j]!r})"
+                )
+    return problems
