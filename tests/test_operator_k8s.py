@@ -375,6 +375,16 @@ def test_crds_serve_printer_columns_short_names_and_status(env: Env) -> None:
             "increasing",
         ),
         (
+            "equal weights",
+            lambda s: s["rollout"].update(steps=[{"weight": 5}, {"weight": 5}, {"weight": 100}]),
+            "strictly increasing",
+        ),
+        (
+            "a repeated weight after others",
+            lambda s: s["rollout"].update(steps=[{"weight": 5}, {"weight": 10}, {"weight": 10}]),
+            "strictly increasing",
+        ),
+        (
             "a step after 100",
             lambda s: s["rollout"].update(steps=[{"weight": 100}, {"weight": 100}]),
             "steps",

@@ -225,6 +225,14 @@ def _cascade_rules(spec: Schema, prefix: str = "") -> None:
     )
 
 
+STEPS_INCREASING_RULE = (
+    "self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))"
+)
+"""Strictly increasing step weights: sorted, and no weight twice (``isSorted`` alone accepts
+[5, 5]). Only the Kubernetes CEL list library of 1.27+, no newer extension (``distinct``, index
+ranges); within the cost budget at ``maxItems: 100``."""
+
+
 def cascade_policy_spec_schema() -> Schema:
     spec = model_schema(CascadePolicySpec)
     _cascade_rules(spec)
@@ -234,7 +242,7 @@ def cascade_policy_spec_schema() -> Schema:
     steps["maxItems"] = 100
     _rule(
         steps,
-        "self.map(s, s.weight).isSorted()",
+        STEPS_INCREASING_RULE,
         "step weights must be strictly increasing (and at most 100, so no step can follow 100)",
     )
     _list_map(_at(spec, "slos"), "name")
