@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import yaml
 
-from tierguard.kube import render
+from tierguard.kube import control, handlers, render
 from tierguard.kube.client import KubeApi
 from tierguard.kube.handlers import Reconciler, event_body, merge_diff
 from tierguard.kube.validate import validate_policy
@@ -358,6 +360,24 @@ def _apply_merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[k] = _apply_merge_patch(out.get(k), v)
     return out
+
+
+def test_the_action_annotation_has_one_definition() -> None:
+    """The CLI writes and the reconciler reads the manual-action annotation: one definition."""
+    pkg = Path(handlers.__file__).resolve().parents[1]
+    defining = sorted(
+        str(p.relative_to(pkg))
+        for p in pkg.rglob("*.py")
+        if re.search(r"^ACTION_ANNOTATION\b.*=", p.read_text(), re.MULTILINE)
+    )
+    assert defining == ["kube/client.py"]
+    assert handlers.ACTION_ANNOTATION is control.ACTION_ANNOTATION == "tierguard.io/action"
+
+
+def test_every_action_the_cli_writes_is_one_the_reconciler_accepts() -> None:
+    for action in control.ACTIONS:
+        assert handlers.ACTION_VALUES[action] == (action, False)
+    assert handlers.ACTION_VALUES["promote --full"] == ("promote", True)
 
 
 def test_event_body_points_at_the_policy() -> None:

@@ -18,6 +18,9 @@ from .. import API_GROUP, API_VERSION
 FIELD_MANAGER = "tierguard-operator"
 PLURAL_POLICIES = "cascadepolicies"
 PLURAL_SLOS = "qualityslos"
+ACTION_ANNOTATION = f"{API_GROUP}/action"
+"""Set on a CascadePolicy (by ``tierguard promote|abort|resume``, GitOps or ``kubectl annotate``)
+to ask the operator for a manual action; the operator removes it when it acts."""
 
 
 class KubeError(Exception):

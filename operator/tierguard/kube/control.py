@@ -17,11 +17,9 @@ from typing import Any
 
 import yaml
 
-from .. import API_GROUP
 from ..cli import UserError
-from .client import KubeApi, KubeError, load_api_client, policy_path
+from .client import ACTION_ANNOTATION, KubeApi, KubeError, load_api_client, policy_path
 
-ACTION_ANNOTATION = f"{API_GROUP}/action"
 ACTIONS = ("promote", "abort", "resume")
 
 

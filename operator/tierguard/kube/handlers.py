@@ -57,13 +57,20 @@ from ..rollout.decide import (
 from ..rollout.observations import Observations
 from ..rollout.status import PolicyStatus, StatusError, parse_status
 from . import render
-from .client import PLURAL_POLICIES, PLURAL_SLOS, KubeApi, KubeError, policy_path, slo_path
+from .client import (
+    ACTION_ANNOTATION,
+    PLURAL_POLICIES,
+    PLURAL_SLOS,
+    KubeApi,
+    KubeError,
+    policy_path,
+    slo_path,
+)
 from .validate import validate_policy
 
 log = logging.getLogger("tierguard.operator")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-ACTION_ANNOTATION = f"{API_GROUP}/action"
 ACTION_VALUES: dict[str, tuple[str, bool]] = {
     "promote": ("promote", False),
     "promote --full": ("promote", True),
