@@ -423,5 +423,14 @@ def collapsed_profile_summary(
     )
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the processes a benchmark started."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def make_log_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))

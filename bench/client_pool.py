@@ -38,6 +38,7 @@ from benchlib import (
     BenchError,
     Proc,
     cpu_prefix,
+    exit_on_sigterm,
     machine_info,
     make_log_dir,
     median,
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     try:
         sys.exit(main())
     except BenchError as err:

@@ -40,6 +40,7 @@ from benchlib import (
     DEFAULT_DATA,
     BenchError,
     Proc,
+    exit_on_sigterm,
     get_json,
     machine_info,
     make_log_dir,
@@ -315,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         full_per_round = sum(full_tokens.values())
         lines = [
             "| earlyAbort | escalated requests | median latency ms | p90 latency ms | median first token ms | "
-            "tier-0 tokens streamed per round | tier-0 tokens in full answers | tier-0 streams cancelled |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "tier-0 time ms (median) | tier-0 tokens streamed per round | tier-0 tokens in full answers | "
+            "tier-0 streams cancelled |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode in MODES:
             ok = [x for x in results if x.mode == mode and x.ok and x.answered_by == "large"]
@@ -328,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                 for e in entries
                 for t in e.get("tiers", [])
                 if t.get("tier") == "small" and t.get("tokens_seen_before_abort") is not None
+            ]
+            tier0_ms = [
+                float(t["latency_ms"])
+                for e in entries
+                for t in e.get("tiers", [])
+                if t.get("tier") == "small"
             ]
             reasons: dict[str, int] = {}
             for e in entries:
@@ -344,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                 "tier0_streams_cancelled_per_round": median(streams_cancelled[mode]),
                 "tokens_seen_before_abort_median": median(float(s) for s in seen) if seen else None,
                 "tier0_reasons": reasons,
+                "tier0_median_ms": median(tier0_ms),
                 "wall_s_per_round": median(walls[mode]),
             }
             s = summary[mode]
             lines.append(
                 f"| {'true' if mode == 'abort' else 'false'} | {s['requests']} | {s['median_latency_ms']:.0f} | "
-                f"{s['p90_latency_ms']:.0f} | {s['median_first_token_ms']:.0f} | "
+                f"{s['p90_latency_ms']:.0f} | {s['median_first_token_ms']:.0f} | {s['tier0_median_ms']:.0f} | "
                 f"{s['tier0_tokens_streamed_per_round']:.0f} | {full_per_round} | "
                 f"{s['tier0_streams_cancelled_per_round']:.0f} |"
             )
@@ -399,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     try:
         sys.exit(main())
     except BenchError as err:

@@ -16,7 +16,8 @@ Targets, all answering from the same simulator process:
 - ``tierguard-asyncio``: decision log to a file, uvloop hidden (stock asyncio loop);
 - ``tierguard-ref``: like ``tierguard``, but the package from ``--ref-src`` (an earlier
   version, e.g. ``git archive REV operator/tierguard | tar -x -C DIR`` and ``--ref-src
-  DIR/operator``): before/after comparisons of proxy changes in one run;
+  DIR/operator``): before/after comparisons of proxy changes in one run. ``--ref-src
+  NAME=DIR`` (repeatable) adds a target ``tierguard-ref-NAME`` per package instead;
 - ``litellm``: LiteLLM's proxy (1 uvicorn worker, no database, no master key, no callbacks).
 
 Every round runs every scenario for every target, targets in rotating order; the report gives
@@ -54,6 +55,7 @@ from benchlib import (
     collapsed_profile_summary,
     cpu_busy_seconds,
     cpu_prefix,
+    exit_on_sigterm,
     free_port,
     loadavg,
     machine_info,
@@ -403,7 +405,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-c1", action="store_true", help="skip the one-connection scenario")
     p.add_argument("--no-sat", action="store_true", help="skip the saturation scenario")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list from {ALL_TARGETS}")
-    p.add_argument("--ref-src", type=Path, default=None, help="directory with the tierguard-ref package")
+    p.add_argument(
+        "--ref-src",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="directory with another tierguard package: target tierguard-ref (or tierguard-ref-NAME)",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--loadgen-cpus", default="0", help="CPUs of wrk (taskset list)")
     p.add_argument("--sim-cpus", default="0", help="CPUs of the simulators")
@@ -415,11 +423,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.no_pin:
         args.loadgen_cpus = args.sim_cpus = args.proxy_cpus = None
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    bad = [t for t in args.targets if t not in ALL_TARGETS]
+    bad = [t for t in args.targets if t not in ALL_TARGETS]  # refs are added below
     if bad:
         p.error(f"unknown target(s) {', '.join(bad)}; known: {', '.join(ALL_TARGETS)}")
-    if "tierguard-ref" in args.targets and args.ref_src is None:
-        p.error("target tierguard-ref needs --ref-src")
+    args.refs = {}
+    for item in args.ref_src:
+        name, sep, path = item.partition("=")
+        args.refs["tierguard-ref" + (f"-{name}" if sep else "")] = Path(path if sep else item)
+    if "tierguard-ref" in args.targets and "tierguard-ref" not in args.refs:
+        p.error("target tierguard-ref needs --ref-src DIR")
+    args.targets = [t for t in args.targets if t != "tierguard-ref"] + list(args.refs)
     if "direct" not in args.targets:
         args.targets.insert(0, "direct")
     try:
@@ -507,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                     name=name,
                     no_uvloop=name == "tierguard-asyncio",
                     nice=args.nice,
-                    source=args.ref_src if name == "tierguard-ref" else None,
+                    source=args.refs.get(name),
                 )
             procs.append(proc)
             targets.append(Target(name, url, proc))
@@ -570,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     try:
         sys.exit(main())
     except BenchError as err:
