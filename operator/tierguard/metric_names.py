@@ -39,7 +39,7 @@ SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier (t
 SHADOW_DISAGREEMENTS = f"{PREFIX}_shadow_disagreements"  # labels: policy, revision, tier
 SHADOW_COST_USD = f"{PREFIX}_shadow_cost_usd"  # labels: policy, revision
 SHADOW_SKIPPED = f"{PREFIX}_shadow_skipped"  # labels: policy, reason(busy|error)
-# reserved for confidence drift (exported once that feature lands)
+# confidence drift: PSI of a tier's recent calibrated confidences vs its calibration reference
 CONFIDENCE_PSI = f"{PREFIX}_confidence_psi"  # gauge; labels: policy, revision, tier
 
 CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
