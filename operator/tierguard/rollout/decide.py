@@ -222,19 +222,25 @@ def _enough_samples(spec: RolloutSpec, obs: Observations, tier: str | None) -> b
 def _classify(spec: RolloutSpec, obs: Observations) -> tuple[AnalysisResult, str, tuple[Check, ...]]:
     """The analysis result, its message and the breaches that count.
 
-    The sample gate applies per check, to the check's own tier: a breach on a tier with enough
+    Order: stale config, provider unreachable, breaches (counted even when another check's query
+    failed), failed queries, too few samples, no data, pass. The sample gate applies per check,
+    to the check's own tier: a breach on a tier with enough
     samples counts even when another tier saw too few (e.g. the last tier gets no traffic because
     the cheap tier wrongly accepts everything); a check on a tier with too few samples is
     inconclusive, whatever its verdict.
     """
     if not obs.config_current:
         return "StaleConfig", obs.config_message or "a proxy does not report the current config", ()
-    if obs.provider_error is not None or obs.errors:
-        msg = obs.provider_error or _describe(obs.errors)
-        return "ProviderError", f"metrics provider error: {msg}", ()
+    if obs.provider_error is not None:
+        return "ProviderError", f"metrics provider error: {obs.provider_error}", ()
     breaches = tuple(c for c in obs.breaches if _enough_samples(spec, obs, c.tier))
     if breaches:
-        return "Breach", _describe(breaches), breaches
+        # a breach measured on real data counts even when another objective's query failed:
+        # one broken custom query must not hold a bad canary forever
+        note = f"; query errors: {_describe(obs.errors)}" if obs.errors else ""
+        return "Breach", _describe(breaches) + note, breaches
+    if obs.errors:
+        return "ProviderError", f"metrics provider error: {_describe(obs.errors)}", ()
     if spec.min_samples > 0:
         if not obs.samples:
             return "TooFewSamples", "no canary sample counts observed", ()
