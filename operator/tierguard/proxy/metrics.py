@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import metric_names as m
@@ -77,6 +79,20 @@ class ProxyMetrics:
         self.shadow_skipped = Counter(
             m.SHADOW_SKIPPED, "Shadow samples not taken", ["policy", "reason"], registry=r
         )
+        # Every request looks up ~10 labelled series; prometheus_client's labels() validates and
+        # locks on each call. Remember the children (these series are never removed or cleared).
+        for metric in (
+            self.tier_requests,
+            self.requests,
+            self.escalations,
+            self.tokens,
+            self.cost,
+            self.counterfactual,
+            self.confidence,
+            self.tier_latency,
+            self.request_latency,
+        ):
+            metric.labels = lru_cache(maxsize=4096)(metric.labels)  # type: ignore[method-assign, assignment]
 
     def set_config(self, config_hash: str, stable: str, canary: str | None, weight: int) -> None:
         self.config_info.clear()
