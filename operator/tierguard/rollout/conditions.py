@@ -76,35 +76,21 @@ def set_condition(
     changes. ``Progressing``/``Degraded`` also set their kstatus mirrors (``Reconciling``/``Stalled``).
     """
     st: ConditionStatus = ("True" if status else "False") if isinstance(status, bool) else status
-    out: list[Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != type_:
-            out.append(c)
-            continue
-        found = True
-        ltt = c.last_transition_time if c.status == st else now
-        out.append(
-            Condition(
-                type=type_,
-                status=st,
-                reason=reason,
-                message=message,
-                last_transition_time=ltt,
-                observed_generation=observed_generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=st,
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=observed_generation,
-            )
-        )
+    previous = get_condition(conditions, type_)
+    updated = Condition(
+        type=type_,
+        status=st,
+        reason=reason,
+        message=message,
+        last_transition_time=(
+            previous.last_transition_time if previous is not None and previous.status == st else now
+        ),
+        observed_generation=observed_generation,
+    )
+    if previous is None:
+        out = [*conditions, updated]
+    else:
+        out = [updated if c.type == type_ else c for c in conditions]
     if mirror and type_ in MIRRORS:
         out = set_condition(out, MIRRORS[type_], st, reason, message, now, observed_generation, mirror=False)
     return out
