@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cascade import Judgement, acceptance_impossible, judge, raw_confidence
 from ..confidence import confidence_bucket
-from ..policy import ProxyConfig
+from ..policy import ProxyConfig, Tier
 from .decision_log import DecisionLog
 from .drift_monitor import DriftMonitor, DriftSettings
 from .ids import IdSigner, InvalidId, SeenIds, load_key
@@ -104,6 +104,12 @@ class Attempt:
     error: str | None = None
     error_kind: str | None = None
     streamed_tokens: int | None = None
+
+    def used(self, tier: Tier, tokens_in: int, tokens_out: int, latency_s: float) -> None:
+        """Record what the call took and cost."""
+        self.latency_s = latency_s
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
+        self.cost_usd = tier.cost_usd(tokens_in, tokens_out)
 
     def failed(self, err: TierFailure) -> None:
         self.error = str(err)
@@ -396,9 +402,7 @@ class ProxyApp:
                     attempt.error = f"self_eval: {err}"
                     return judge(spec, i, None, error=True)
         j = judge(spec, i, raw)
-        if rev.capable_only:
-            j = Judgement(i, True, "capable_only", j.raw_confidence, j.confidence)
-        return j
+        return last_tier_answer(rev, j) if rev.capable_only else j
 
     async def _complete(self, body: dict[str, Any], rt: Runtime, outcome: Outcome) -> web.Response:
         rev = outcome.revision
@@ -421,9 +425,7 @@ class ProxyApp:
                     return self._failure_response(err, outcome)
                 continue
             assert comp is not None
-            attempt.latency_s = comp.latency_s
-            attempt.tokens_in, attempt.tokens_out = comp.tokens_in, comp.tokens_out
-            attempt.cost_usd = client.tier.cost_usd(comp.tokens_in, comp.tokens_out)
+            attempt.used(client.tier, comp.tokens_in, comp.tokens_out, comp.latency_s)
             text = message_text(comp.body)
             attempt.judgement = await self._judge(rev, i, client, body, comp, text, comp.logprobs, attempt)
             if attempt.judgement.accepted:
@@ -519,12 +521,7 @@ class ProxyApp:
                         outcome.failure = err
                         return self._failure_response(err, outcome)
                     continue
-                attempt.latency_s = time.perf_counter() - t0
-                attempt.tokens_in, attempt.tokens_out = (
-                    state.tokens_in,
-                    state.tokens_out or len(state.logprobs),
-                )
-                attempt.cost_usd = client.tier.cost_usd(attempt.tokens_in, attempt.tokens_out)
+                attempt.used(client.tier, *state.usage, time.perf_counter() - t0)
                 if aborted:
                     attempt.streamed_tokens = len(state.logprobs)
                     raw = raw_confidence(spec, state.logprobs)
@@ -552,9 +549,7 @@ class ProxyApp:
                 async for event in client.stream(body, state, logprobs=want_logprobs):
                     if resp_started is None:
                         outcome.answered = i
-                        attempt.judgement = Judgement(
-                            i, True, "capable_only" if rev.capable_only else "last_tier", None, None
-                        )
+                        attempt.judgement = last_tier_answer(rev, judge(spec, i, None))
                         resp_started = await self._start_stream(request, outcome)
                     out = self._rewrite_chunk(state.chunks[-1], outcome.response_id, body)
                     del event
@@ -573,22 +568,14 @@ class ProxyApp:
                 await resp_started.write(b"data: " + json.dumps(err_event).encode() + b"\n\n")
                 await resp_started.write_eof()
                 return resp_started
-            attempt.latency_s = time.perf_counter() - t0
-            attempt.tokens_in, attempt.tokens_out = state.tokens_in, state.tokens_out or len(state.logprobs)
-            attempt.cost_usd = client.tier.cost_usd(attempt.tokens_in, attempt.tokens_out)
+            attempt.used(client.tier, *state.usage, time.perf_counter() - t0)
             if state.logprobs and spec.confidence.method == "logprob":
-                raw = raw_confidence(spec, state.logprobs)
-                j = judge(spec, i, raw)
-                attempt.judgement = Judgement(
-                    i,
-                    True,
-                    "capable_only" if rev.capable_only else "last_tier",
-                    j.raw_confidence,
-                    j.confidence,
+                attempt.judgement = last_tier_answer(
+                    rev, judge(spec, i, raw_confidence(spec, state.logprobs))
                 )
             if resp_started is None:  # an empty stream: still a valid (empty) answer
                 outcome.answered = i
-                attempt.judgement = attempt.judgement or Judgement(i, True, "last_tier", None, None)
+                attempt.judgement = attempt.judgement or last_tier_answer(rev, judge(spec, i, None))
                 resp_started = await self._start_stream(request, outcome)
             await resp_started.write(b"data: [DONE]\n\n")
             await resp_started.write_eof()
@@ -690,6 +677,13 @@ class ProxyApp:
         if rt.config.settings.log_prompts:  # off unless explicitly enabled
             entry["messages"] = body.get("messages")
         self.decision_log.write(entry)
+
+
+def last_tier_answer(rev: RevisionRuntime, j: Judgement) -> Judgement:
+    """The last tier's judgement (always accepted), labelled ``capable_only`` on that revision."""
+    return Judgement(
+        j.tier, True, "capable_only" if rev.capable_only else "last_tier", j.raw_confidence, j.confidence
+    )
 
 
 def p_yes(body: dict[str, Any]) -> float | None:

@@ -107,6 +107,11 @@ class StreamState:
     tokens_in: int = 0
     tokens_out: int = 0
 
+    @property
+    def usage(self) -> tuple[int, int]:
+        """(input, output) tokens; output counted from the logprobs when the tier sent no usage."""
+        return self.tokens_in, self.tokens_out or len(self.logprobs)
+
 
 class TierClient:
     def __init__(self, tier: Tier, session: aiohttp.ClientSession) -> None:
