@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,6 +430,18 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run_main(name: str, main: Callable[[], int]) -> None:
+    """A benchmark script's entry point: clean exits on SIGTERM, Ctrl-C and BenchError."""
+    exit_on_sigterm()
+    try:
+        sys.exit(main())
+    except BenchError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def make_log_dir(prefix: str) -> Path:

@@ -38,11 +38,11 @@ from benchlib import (
     BenchError,
     Proc,
     cpu_prefix,
-    exit_on_sigterm,
     machine_info,
     make_log_dir,
     median,
     percentile,
+    run_main,
     start_sim,
 )
 from tierguard.outcomes import load_outcomes
@@ -258,11 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"client_pool: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main("client_pool", main)

@@ -40,12 +40,12 @@ from benchlib import (
     DEFAULT_DATA,
     BenchError,
     Proc,
-    exit_on_sigterm,
     get_json,
     machine_info,
     make_log_dir,
     median,
     percentile,
+    run_main,
     start_sim,
     start_tierguard,
 )
@@ -408,11 +408,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"early_abort: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main("early_abort", main)

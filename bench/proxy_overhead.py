@@ -55,7 +55,6 @@ from benchlib import (
     collapsed_profile_summary,
     cpu_busy_seconds,
     cpu_prefix,
-    exit_on_sigterm,
     free_port,
     loadavg,
     machine_info,
@@ -63,6 +62,7 @@ from benchlib import (
     median,
     post_json,
     require_tool,
+    run_main,
     run_wrk,
     start_sim,
     start_tierguard,
@@ -583,11 +583,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"proxy_overhead: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main("proxy_overhead", main)
