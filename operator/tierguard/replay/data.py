@@ -1,6 +1,6 @@
 """Recorded outcomes aligned to a policy's tiers: one :class:`Row` per query that every tier answered.
 
-A tier's raw confidence comes from :func:`tierguard.cascade.raw_confidence` on the recorded
+A tier's raw confidence comes from :func:`tierguard.judging.recorded_raw_confidence` on the recorded
 log-probability (one answer token: ``exp(conf_logprob)``), so replay sees exactly the number the
 proxy would compute. A row whose tier model is missing, or lacks ``correct``, or has no cost
 (neither ``cost_usd`` nor tokens with tier prices) cannot be scored: it is skipped and counted
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cascade import raw_confidence
+from ..judging import recorded_raw_confidence
 from ..outcomes import OutcomeFormatError, OutcomeRecord, load_outcomes
 from ..policy import CascadeSpec, Tier
 
@@ -92,7 +92,7 @@ def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
         cost = _cost(tier, out.cost_usd, out.tokens_in, out.tokens_out)
         if cost is None:
             return f"model {tier.model}: no cost_usd (and no tokens with tier prices)"
-        raws.append(None if out.conf_logprob is None else raw_confidence(spec, [out.conf_logprob]))
+        raws.append(recorded_raw_confidence(spec, out.conf_logprob))
         correct.append(out.correct)
         costs.append(cost)
         answers.append(out.answer)
