@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from test_replay import POLICY, REPO, SHARED, make_rows, tierguard, write_jsonl
-from tierguard.calibrate import (
+from tierguard.calibration import (
     SelectionObjective,
     calibrate,
     capable_baseline,
@@ -14,8 +14,8 @@ from tierguard.calibrate import (
     pav,
 )
 from tierguard.confidence import CalibrationMap
+from tierguard.outcomes import Row, load_dataset
 from tierguard.policy import TierConfidence, load_policy_spec
-from tierguard.replay.data import Row, load_dataset
 
 
 def test_pav_is_monotone_and_pools_ties():
@@ -208,7 +208,7 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
 
 
 def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it():
-    from tierguard.calibrate import reached_confidences, with_confidence
+    from tierguard.calibration import reached_confidences, with_confidence
     from tierguard.cascade import route
     from tierguard.drift import reference_fractions
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tierguard.cascade import route
+from tierguard.outcomes import Row, load_dataset
 from tierguard.policy import load_policy_spec
 from tierguard.replay import strategies as st
-from tierguard.replay.data import Row, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "zellinger_llm_cascades" / "cascade_outcomes.jsonl"
@@ -158,7 +158,7 @@ def test_replay_report_numbers(synth):
 
     # recompute the cascade's numbers from the fitted policy with the proxy's decision code
     _, spec = load_policy_spec(policy)
-    from tierguard.calibrate import with_confidence
+    from tierguard.calibration import with_confidence
 
     fitted = with_confidence(
         spec,

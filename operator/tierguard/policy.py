@@ -31,6 +31,7 @@ from pydantic.alias_generators import to_camel
 from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
 from .drift import CONFIDENCE_BINS, check_reference
+from .errors import PolicyError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CAPABLE_ONLY = "capable-only"
@@ -415,10 +416,6 @@ class ProxyConfig(Model):
     def config_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message says what to fix."""
 
 
 def _format_validation_error(err: ValidationError) -> str:

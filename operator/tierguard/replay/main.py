@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..calibrate import DEFAULT_CONFIDENCE, NEVER_ACCEPTS, SelectionObjective, calibrate, evaluate, needs_fit
-from ..cli import UserError
+from ..calibration import (
+    DEFAULT_CONFIDENCE,
+    NEVER_ACCEPTS,
+    SelectionObjective,
+    calibrate,
+    evaluate,
+    needs_fit,
+)
+from ..errors import UserError
+from ..outcomes import Dataset, Row, load_dataset, warn_skipped
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
-from .data import Dataset, Row, load_dataset, warn_skipped
 
 STRATEGIES = ("capable-only", "pre-route-classifier", "allowlist", "cascade", "cascade+shadow")
 THRESHOLD_GRID = (
