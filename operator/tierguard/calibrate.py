@@ -11,7 +11,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -26,7 +25,7 @@ from .calibration import (
 )
 from .errors import PolicyError, UserError
 from .outcomes import load_dataset, warn_skipped
-from .policy import CascadeSpec, load_policy_spec, parse_policy_spec
+from .policy import CascadeSpec, load_policy_spec, load_yaml, parse_policy_spec
 
 # --- the command -------------------------------------------------------------------------------
 
@@ -67,18 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
 
-def _load_raw_policy(path: str) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise PolicyError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{path}: not valid YAML: {err}") from None
-
-
 def write_policy(source_path: str, spec: CascadeSpec, out: str, header: str) -> None:
     """Write ``source_path``'s policy with each tier's confidence replaced by ``spec``'s."""
-    data = _load_raw_policy(source_path)
+    data = load_yaml(source_path)
     body = data.get("spec") if isinstance(data, dict) and data.get("kind") == "CascadePolicy" else data
     if not isinstance(body, dict) or not isinstance(body.get("tiers"), list):
         raise PolicyError(f"{source_path}: no tiers list")
