@@ -127,3 +127,9 @@ def test_the_command_check_tells_calibrate_from_calibration() -> None:
     assert not _reaches(imports, "tierguard.calibrate")
     assert _command_of(PKG / "replay" / "main.py") == "replay"
     assert _command_of(PKG / "calibration.py") is None
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_the_package_does_not_import_test_only_dependencies(path: Path) -> None:
+    bad = _reaches(_imports(path), "httpx")  # the tests' HTTP client (pyproject.toml: dev extra)
+    assert not bad, f"{path.relative_to(PKG)} imports {bad}: not a runtime dependency"
