@@ -9,10 +9,8 @@ run the escalation loop (:mod:`.escalation`) with the delivery the request asked
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +26,7 @@ from .metrics import ProxyMetrics
 from .observers import DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
 from .outcome import Outcome
 from .recorder import Decision, Recorder
-from .requests import BadRequest, parse_feedback, validate_request
+from .requests import BadRequest, parse_feedback, read_chat_request, read_json
 from .runtime import Runtime
 from .shadow import ShadowScorer
 
@@ -165,16 +163,6 @@ class ProxyApp:
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
-    async def _json_body(self, request: web.Request) -> Any:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest("request body too large", reason="too_large") from None
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the request body is not valid JSON", reason="bad_json") from None
-
     def _bad(self, err: BadRequest) -> web.Response:
         self.metrics.bad_requests.labels(self.metrics.policy, err.reason).inc()
         status = 413 if err.reason == "too_large" else 400
@@ -183,7 +171,7 @@ class ProxyApp:
     async def feedback(self, request: web.Request) -> web.Response:
         policy = self.metrics.policy
         try:
-            response_id, rating = parse_feedback(await self._json_body(request))
+            response_id, rating = parse_feedback(await read_json(request))
         except BadRequest as err:
             return self._bad(err)
         try:
@@ -231,7 +219,7 @@ class ProxyApp:
         start = time.perf_counter()
         try:
             try:
-                body = validate_request(await self._json_body(request))
+                body = await read_chat_request(request)
             except BadRequest as err:
                 return self._bad(err)
             rt = self.runtime

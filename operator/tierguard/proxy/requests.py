@@ -1,15 +1,18 @@
-"""What the proxy accepts from a client: the checks on a chat-completions request body.
+"""What the proxy accepts from a client: reading a JSON body, and the checks on a chat request.
 
-:func:`validate_request` checks the parts of a request the cascade relies on and raises
+:func:`read_json` reads a body (within ``settings.maxBodyBytes``) as JSON; :func:`validate_request`
+checks the parts of a chat-completions request the cascade relies on. Both raise
 :class:`BadRequest` (answered 400, or 413 for ``reason="too_large"``, with an OpenAI-style error
-naming ``param``) for anything else. A new request field the cascade starts to rely on gets its
-check here, next to the others; ``reason`` becomes the label of
-``tierguard_bad_requests_total``.
+naming ``param``). A new request field the cascade starts to rely on gets its check here, next to
+the others; ``reason`` becomes the label of ``tierguard_bad_requests_total``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from aiohttp import web
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -19,6 +22,23 @@ class BadRequest(Exception):
         super().__init__(message)
         self.param = param
         self.reason = reason
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body parsed as JSON; BadRequest when it is too large or not JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest("request body too large", reason="too_large") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON", reason="bad_json") from None
+
+
+async def read_chat_request(request: web.Request) -> dict[str, Any]:
+    """A chat-completions request's body, read and checked."""
+    return validate_request(await read_json(request))
 
 
 def validate_request(body: Any) -> dict[str, Any]:
