@@ -223,13 +223,13 @@ def _row(i: int, rng: random.Random, seed: int) -> dict[str, Any]:
         category = intent.name
         reference = intent.answer
         if kind == "centre":
-            cheap_correct = rng.random() < 0.99
+            cheap_correct = rng.random() < 0.995
             cheap_p = rng.uniform(0.88, 0.995)
         else:
             cheap_correct = rng.random() < 0.45
             cheap_p = rng.uniform(0.08, 0.50)
         cheap_answer = reference if cheap_correct else cheap_wrong_answer
-    capable_correct = rng.random() < 0.985
+    capable_correct = rng.random() < 0.992
     capable_answer = reference if capable_correct else cheap_wrong_answer
     capable_p = rng.uniform(0.90, 0.995)
     tokens_in = _tokens(SYSTEM_PROMPT) + _tokens(prompt)
@@ -284,3 +284,6 @@ def write(path: str | Path, seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) 
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     tmp.replace(p)
     return p
+
+
+LABEL = "synthetic customer-support workload"

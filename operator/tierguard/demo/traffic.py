@@ -1,0 +1,155 @@
+"""The moving parts a cluster would provide around the operator, run as threads of the demo (and of
+the end-to-end tests): a kubelet's ConfigMap-to-file sync for the proxies, a load generator, and a
+recorder of a policy's status."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import yaml
+
+from ..kube.render import CONFIG_KEY, child_name
+from ..localenv.kube import KubeCluster
+
+Prompt = tuple[str | None, str]  # (system prompt, user prompt)
+
+
+class Endpoint(Protocol):
+    host: str
+    port: int
+
+
+def get_or_none(cluster: KubeCluster, path: str) -> Any:
+    status, body = cluster.request("GET", path, check=False)
+    return body if status == 200 else None
+
+
+class ConfigSync(threading.Thread):
+    """What the kubelet does for a mounted ConfigMap: copy config.yaml into a file, atomically."""
+
+    def __init__(self, cluster: KubeCluster, ns: str, policy: str, path: Any, poll: float = 0.2) -> None:
+        super().__init__(daemon=True, name=f"sync-{policy}")
+        self.cluster, self.ns, self.policy, self.path, self.poll = cluster, ns, policy, path, poll
+        self.stop_event = threading.Event()
+        self.writes: list[tuple[float, int]] = []  # (monotonic time, canary weight)
+
+    def run(self) -> None:
+        last = None
+        while not self.stop_event.is_set():
+            with contextlib.suppress(Exception):
+                cm = get_or_none(
+                    self.cluster, f"/api/v1/namespaces/{self.ns}/configmaps/{child_name(self.policy)}"
+                )
+                text = (cm or {}).get("data", {}).get(CONFIG_KEY)
+                if text and text != last:
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_text(text)
+                    tmp.replace(self.path)
+                    last = text
+                    self.writes.append((time.monotonic(), int(yaml.safe_load(text).get("canaryWeight", 0))))
+            self.stop_event.wait(self.poll)
+
+
+ResponseHook = Callable[[int, int, Mapping[str, str]], None]
+"""Called with (prompt index, HTTP status, response headers) after every request."""
+
+
+class Load(threading.Thread):
+    """Chat completions at about ``rps`` requests per second, spread over the proxies."""
+
+    def __init__(
+        self,
+        proxies: Sequence[Endpoint],
+        prompts: Sequence[Prompt],
+        rps: float,
+        *,
+        on_response: ResponseHook | None = None,
+        workers: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(daemon=True, name="load")
+        self.proxies, self.prompts, self.rps = list(proxies), list(prompts), rps
+        self.on_response = on_response
+        self.stop_event = threading.Event()
+        self.ok = self.failed = 0
+        self.workers = workers
+        self.seed = seed
+
+    def _worker(self, k: int) -> None:
+        rng = random.Random(self.seed * 1000 + k)
+        conns: dict[int, http.client.HTTPConnection] = {}
+        period = self.workers / self.rps
+        nxt = time.monotonic()
+        while not self.stop_event.is_set():
+            proxy = self.proxies[rng.randrange(len(self.proxies))]
+            index = rng.randrange(len(self.prompts))
+            system, user = self.prompts[index]
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": user}
+            ]
+            body = json.dumps({"model": "auto", "messages": messages, "max_tokens": 64}).encode()
+            try:
+                conn = conns.get(proxy.port) or http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
+                conns[proxy.port] = conn
+                conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                if self.on_response is not None:
+                    self.on_response(index, resp.status, {k.lower(): v for k, v in resp.getheaders()})
+            except (OSError, http.client.HTTPException):
+                self.failed += 1
+                conns.pop(proxy.port, None)
+            nxt += period
+            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._worker, args=(k,), daemon=True) for k in range(self.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def policy_status(cluster: KubeCluster, ns: str, name: str) -> dict[str, Any]:
+    obj = get_or_none(cluster, f"/apis/tierguard.io/v1alpha1/namespaces/{ns}/cascadepolicies/{name}")
+    return dict((obj or {}).get("status") or {})
+
+
+class StatusLog(threading.Thread):
+    """Records every change of (phase, canaryWeight) in a policy's status, with the time, and keeps
+    the latest status."""
+
+    def __init__(self, cluster: KubeCluster, ns: str, policy: str, poll: float = 0.1) -> None:
+        super().__init__(daemon=True, name=f"status-{policy}")
+        self.cluster, self.ns, self.policy, self.poll = cluster, ns, policy, poll
+        self.stop_event = threading.Event()
+        self.changes: list[tuple[float, str, int]] = []
+        self.latest: dict[str, Any] = {}
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with contextlib.suppress(Exception):
+                st = policy_status(self.cluster, self.ns, self.policy)
+                self.latest = st
+                key = (st.get("phase", ""), int(st.get("canaryWeight", 0)))
+                if st and (not self.changes or self.changes[-1][1:] != key):
+                    self.changes.append((time.monotonic(), *key))
+            self.stop_event.wait(self.poll)
+
+    def weights(self, since: float = 0.0) -> list[int]:
+        out: list[int] = []
+        for t, phase, w in self.changes:
+            if t >= since and phase in ("Progressing", "Paused") and (not out or out[-1] != w):
+                out.append(w)
+        return out
