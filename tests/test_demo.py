@@ -5,6 +5,7 @@ Ctrl-C). The wall time is printed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from procs import REPO
 from test_replay_html import _chromium, _png_pixels
+from tierguard import dashboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
 
@@ -74,8 +76,23 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
     print(f"\ntierguard demo wall time {wall:.1f}s (story and shutdown); last line: {out.splitlines()[-1]}")
     assert wall < 180
 
-    # the report: offline, and it renders
+    # the report: every panel of the shipped Grafana dashboard ran against the demo's Prometheus
+    # (real proxies, real traffic) without an error and with data
     html = tmp_path / "report.html"
+    text = html.read_text()
+    panels = {
+        m.group(1): (int(m.group(2)), m.group(3))
+        for m in re.finditer(
+            r'class="panel" data-title="([^"]+)" data-series="(\d+)"(?: data-error="([^"]*)")?', text
+        )
+    }
+    assert sorted(panels) == sorted(p.title for p in dashboard.PANELS), panels
+    for title, (series, error) in panels.items():
+        assert error is None, (title, error)
+        assert series >= 1, f"dashboard panel {title!r} returned no series"
+    print(f"dashboard panels with data: {len(panels)}/{len(dashboard.PANELS)}: {panels}")
+
+    # the report: offline, and it renders
     browser = _chromium()
     if browser is None:
         if os.environ.get("CI"):
@@ -86,7 +103,7 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     assert 'id="verdict"' in dom and "happened as stated" in dom
-    assert dom.count("<svg") == 4 and "RolledBack" in dom and "StepAdvanced" in dom
+    assert dom.count("<svg") == 4 + len(dashboard.PANELS) and "RolledBack" in dom and "StepAdvanced" in dom
     shot = tmp_path / "report.png"
     subprocess.run(
         [browser, *chromium_flags(tmp_path), f"--screenshot={shot}", "--window-size=900,1600", html.as_uri()],

@@ -166,6 +166,25 @@ def render(
         chart("cost against capable-only (last 15 s)", [("cost / capable-only", COLORS["v1"], s["cost"])],
               t_max, max([1.0, *(pt[1] for pt in s["cost"])])),
     ]  # fmt: skip
+    palette = ["#2563eb", "#dc2626", "#059669", "#6b7280", "#d97706", "#7c3aed", "#db2777", "#0891b2"]
+    panel_html = []
+    for pr in tl.panels:
+        attrs = f'class="panel" data-title="{esc(pr.title)}" data-series="{len(pr.series)}"'
+        if pr.error is not None:
+            panel_html.append(
+                f'<div {attrs} data-error="{esc(pr.error)}"><p class="bad">{esc(pr.title)}: '
+                f"{esc(pr.error)}</p></div>"
+            )
+            continue
+        scale = 100.0 if pr.unit in ("percentunit",) else 1.0
+        top = max([1e-9, *(v for _, pts in pr.series for _, v in pts)])
+        y_max = 1.0 if pr.unit == "percentunit" and top <= 1.0 else top
+        series = [(name, palette[i % len(palette)], pts) for i, (name, pts) in enumerate(pr.series)]
+        unit = "%" if pr.unit == "percentunit" else ""
+        panel_html.append(
+            f"<div {attrs}>" + chart(pr.title, series[:6], t_max, y_max, y_unit=unit, y_scale=scale)
+            + f'<p class="note"><code>{esc(pr.query)}</code></p></div>'
+        )  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tierguard demo report</title>
 <style>{CSS}</style></head><body>
@@ -179,6 +198,10 @@ generator. Wall time {wall_seconds:.0f} s.</p>
 <th>breached</th><th>accuracy of all traffic meanwhile</th></tr>{"".join(rows)}</table>
 <h2>Timeline</h2>
 {"".join(charts)}
+<h2>Dashboard panels</h2>
+<p class="note">The queries of the Grafana dashboard the Helm chart ships, run against this demo's
+Prometheus over the whole run (rate windows of 15 s instead of Grafana's <code>$__rate_interval</code>).</p>
+<div id="panels">{"".join(panel_html)}</div>
 <h2>Decisions (the operator's Kubernetes events)</h2>
 <table id="decisions"><tr><th>time</th><th>reason</th><th>message</th></tr>{decisions}</table>
 <h2>What the demo did</h2>

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from .. import dashboard
 from ..kube import crdgen
 from ..kube.client import ACTION_ANNOTATION
 from ..localenv.binaries import MissingBinaryError, ensure_binaries, missing, prometheus_binary
@@ -24,12 +26,19 @@ from ..localenv.services import RunningProcess, ServiceStartError, start_operato
 from ..policy import parse_duration
 from . import report, story, truth, view, workload
 from .story import NAMESPACE, POLICY
-from .timeline import Check, Decision, Snapshot, TierQuality, Timeline
+from .timeline import Check, Decision, PanelResult, Snapshot, TierQuality, Timeline
 from .traffic import ConfigSync, Load, StatusLog, get_or_none
 
 CHAPTER_TIMEOUT = 100.0  # seconds a version may take to promote or roll back
 QUALITY_WINDOW = 15.0  # seconds of traffic behind the live quality numbers
 GROUP = "/apis/tierguard.io/v1alpha1"
+# confidence drift (PSI) over short windows, so a demo-length run exports it (docs/drift.md)
+PROXY_ENV = {"TIERGUARD_PSI_WINDOW": "100", "TIERGUARD_PSI_STEP": "20", "TIERGUARD_PSI_INTERVAL": "2"}
+
+
+def legend_text(template: str, labels: dict[str, str]) -> str:
+    """Grafana's legend format: ``{{label}}`` replaced by the series' label value."""
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda mt: labels.get(mt.group(1), ""), template)
 
 
 class DemoError(Exception):
@@ -124,7 +133,8 @@ class Demo:
     def setup(self) -> None:
         self.check_binaries()
         data = workload.write(self.workdir / "support.jsonl", seed=self.args.seed, rows=self.args.rows)
-        rows = [r for r in workload.generate(self.args.seed, self.args.rows)]
+        rows = list(workload.generate(self.args.seed, self.args.rows))
+        self.reference = workload.confidence_reference(rows)
         self.tally = truth.Tally(rows)
         prompts = [(r["system_prompt"], r["user_prompt"]) for r in rows]
         self.note(f"{workload.LABEL}: {len(rows)} rows (seed {self.args.seed}) in {data}")
@@ -153,7 +163,9 @@ class Demo:
         except (ClusterStartError, PrometheusError, ServiceStartError, KubeApiError, TimeoutError) as e:
             self.failed = True
             raise DemoError(f"{str(e).splitlines()[0]} (logs in {self.workdir})") from None
-        self.versions = story.revision_names(self.url("cheap"), self.url("capable"), self.args.interval)
+        self.versions = story.revision_names(
+            self.url("cheap"), self.url("capable"), self.args.interval, self.reference
+        )
         self.prompts = prompts
 
     def url(self, role: str) -> str:
@@ -198,14 +210,21 @@ class Demo:
             port = self.args.port if i == 0 and self.args.port else None
             try:
                 self.proxies.append(
-                    start_proxy(path, reload_interval=0.2, decision_log="off", log_dir=logs, port=port)
+                    start_proxy(
+                        path, reload_interval=0.2, decision_log="off", log_dir=logs, port=port, env=PROXY_ENV
+                    )
                 )
             except ServiceStartError as e:
                 self.failed = True
                 raise DemoError(f"a proxy did not start: {str(e).splitlines()[0]}") from None
         self.prometheus.set_targets([(f"{p.host}:{p.port}", {"namespace": NAMESPACE}) for p in self.proxies])
         self.load = Load(
-            self.proxies, self.prompts, self.args.rps, on_response=self.tally.record, seed=self.args.seed
+            self.proxies,
+            self.prompts,
+            self.args.rps,
+            on_response=self.tally.record,
+            feedback=self.tally.rating,
+            seed=self.args.seed,
         )
         self.load.start()
         self.threads.append(self.load)
@@ -217,7 +236,9 @@ class Demo:
     # ------------------------------------------------------------------ the story
     def apply(self, version: str) -> None:
         assert self.cluster is not None
-        manifest = story.policy_manifest(version, self.url("cheap"), self.url("capable"), self.args.interval)
+        manifest = story.policy_manifest(
+            version, self.url("cheap"), self.url("capable"), self.args.interval, self.reference
+        )
         self.cluster.request(
             "PATCH",
             f"{GROUP}/namespaces/{NAMESPACE}/cascadepolicies/{POLICY}?fieldManager=tierguard-demo&force=true",
@@ -312,6 +333,7 @@ class Demo:
 
         self.chapter = "done"
         self.sample()
+        self.timeline.panels = self.dashboard_panels()
         problems = story.judge(phases)
         wall = self.elapsed()
         out = Path(self.args.report)
@@ -420,6 +442,34 @@ class Demo:
             if text != self.last_line:
                 print(text, flush=True)
                 self.last_line = text
+
+    def dashboard_panels(self) -> list[PanelResult]:
+        """Every panel of the Grafana dashboard, as a range query over the run."""
+        out = []
+        end = time.time()
+        start = end - self.elapsed()
+        for panel in dashboard.PANELS:
+            promql = dashboard.concrete(panel.expr, window=f"{int(QUALITY_WINDOW)}s")
+            try:
+                assert self.prometheus is not None
+                data = self.prometheus.api(
+                    "query_range",
+                    {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"},
+                )
+            except (PrometheusError, OSError) as e:
+                out.append(PanelResult(panel.title, panel.unit, promql, error=str(e).splitlines()[0]))
+                continue
+            series = []
+            for r in data.get("result", []):
+                labels = {k: self.label(v) or v for k, v in r["metric"].items()}
+                legend = legend_text(panel.legend, labels)
+                points = tuple(
+                    (float(t) - start, float(v)) for t, v in r["values"] if v not in ("NaN", "+Inf", "-Inf")
+                )
+                if points:
+                    series.append((legend.strip(), points))
+            out.append(PanelResult(panel.title, panel.unit, promql, tuple(sorted(series))))
+        return out
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         if self.prometheus is None:

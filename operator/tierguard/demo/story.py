@@ -36,8 +36,14 @@ ERROR_RATE_MAX = 0.05
 AGGREGATE_ACCURACY_MIN = 0.95  # all traffic, ground truth: what an aggregate dashboard would show
 
 
-def policy_spec(version: str, cheap_url: str, capable_url: str, interval: str) -> dict[str, Any]:
-    """The CascadePolicy spec of one version (``v1``/``v2``/``v3``), as applied to the cluster."""
+def policy_spec(
+    version: str, cheap_url: str, capable_url: str, interval: str, reference: list[float] | None = None
+) -> dict[str, Any]:
+    """The CascadePolicy spec of one version (``v1``/``v2``/``v3``), as applied to the cluster.
+    ``reference``: the cheap tier's confidence distribution, for the drift (PSI) metric."""
+    confidence: dict[str, Any] = {"threshold": THRESHOLDS[version]}
+    if reference is not None:
+        confidence["reference"] = reference
     return {
         "tiers": [
             {
@@ -47,7 +53,7 @@ def policy_spec(version: str, cheap_url: str, capable_url: str, interval: str) -
                 "priceInputPerMillion": PRICES[CHEAP_MODEL][0],
                 "priceOutputPerMillion": PRICES[CHEAP_MODEL][1],
                 "timeoutSeconds": 10,
-                "confidence": {"threshold": THRESHOLDS[version]},
+                "confidence": confidence,
             },
             {
                 "name": CAPABLE_TIER,
@@ -71,12 +77,14 @@ def policy_spec(version: str, cheap_url: str, capable_url: str, interval: str) -
     }
 
 
-def policy_manifest(version: str, cheap_url: str, capable_url: str, interval: str) -> dict[str, Any]:
+def policy_manifest(
+    version: str, cheap_url: str, capable_url: str, interval: str, reference: list[float] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "tierguard.io/v1alpha1",
         "kind": "CascadePolicy",
         "metadata": {"name": POLICY, "namespace": NAMESPACE},
-        "spec": policy_spec(version, cheap_url, capable_url, interval),
+        "spec": policy_spec(version, cheap_url, capable_url, interval, reference),
     }
 
 
@@ -99,11 +107,15 @@ def slo_manifest() -> dict[str, Any]:
     }
 
 
-def revision_names(cheap_url: str, capable_url: str, interval: str) -> dict[str, str]:
+def revision_names(
+    cheap_url: str, capable_url: str, interval: str, reference: list[float] | None = None
+) -> dict[str, str]:
     """Revision name (the cascade's content hash, as the operator names it) -> ``v1``/``v2``/``v3``."""
     out = {}
     for version in THRESHOLDS:
-        spec = CascadePolicySpec.model_validate(policy_spec(version, cheap_url, capable_url, interval))
+        spec = CascadePolicySpec.model_validate(
+            policy_spec(version, cheap_url, capable_url, interval, reference)
+        )
         out[revision_for(spec).name] = version
     return out
 

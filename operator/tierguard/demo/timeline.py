@@ -48,8 +48,20 @@ class Decision:
     warning: bool = False
 
 
+@dataclass(frozen=True)
+class PanelResult:
+    """One Grafana dashboard panel's query, run over the demo against its Prometheus."""
+
+    title: str
+    unit: str
+    query: str
+    series: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()  # (legend, [(t, value)])
+    error: str | None = None
+
+
 @dataclass
 class Timeline:
     snapshots: list[Snapshot] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     notes: list[tuple[float, str]] = field(default_factory=list)  # (t, what the demo did)
+    panels: list[PanelResult] = field(default_factory=list)

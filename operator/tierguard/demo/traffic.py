@@ -59,6 +59,8 @@ class ConfigSync(threading.Thread):
 
 ResponseHook = Callable[[int, int, Mapping[str, str]], None]
 """Called with (prompt index, HTTP status, response headers) after every request."""
+FeedbackHook = Callable[[int, Mapping[str, str]], str | None]
+"""Called with (prompt index, response headers) after an answer: "up", "down" or None (no feedback)."""
 
 
 class Load(threading.Thread):
@@ -71,12 +73,15 @@ class Load(threading.Thread):
         rps: float,
         *,
         on_response: ResponseHook | None = None,
+        feedback: FeedbackHook | None = None,
         workers: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__(daemon=True, name="load")
         self.proxies, self.prompts, self.rps = list(proxies), list(prompts), rps
         self.on_response = on_response
+        self.feedback = feedback
+        self.feedback_sent = 0
         self.stop_event = threading.Event()
         self.ok = self.failed = 0
         self.workers = workers
@@ -100,13 +105,22 @@ class Load(threading.Thread):
                 conns[proxy.port] = conn
                 conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
-                resp.read()
+                data = resp.read()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
                 if resp.status == 200:
                     self.ok += 1
                 else:
                     self.failed += 1
                 if self.on_response is not None:
-                    self.on_response(index, resp.status, {k.lower(): v for k, v in resp.getheaders()})
+                    self.on_response(index, resp.status, headers)
+                rating = self.feedback(index, headers) if self.feedback and resp.status == 200 else None
+                if rating is not None:
+                    # to the replica that answered: it verifies the response id it signed
+                    answer_id = json.loads(data)["id"]
+                    fb = json.dumps({"id": answer_id, "rating": rating}).encode()
+                    conn.request("POST", "/v1/feedback", fb, {"Content-Type": "application/json"})
+                    conn.getresponse().read()
+                    self.feedback_sent += 1
             except (OSError, http.client.HTTPException):
                 self.failed += 1
                 conns.pop(proxy.port, None)

@@ -49,6 +49,14 @@ class Tally:
             while self.answers and self.answers[0].time < now - self.keep_seconds:
                 self.answers.popleft()
 
+    def rating(self, index: int, headers: Mapping[str, str], share: float = 0.25) -> str | None:
+        """A user's feedback on a share of the answers: thumbs down exactly when the answer was
+        wrong. Which answers get feedback is a pure function of the prompt and the tier."""
+        tier = headers.get("x-tierguard-tier")
+        if tier not in MODEL_OF_TIER or (index * 2654435761 + len(tier)) % 1000 >= share * 1000:
+            return None
+        return "up" if self.correct[index][tier] else "down"
+
     def between(self, start: float, end: float | None = None) -> list[Answer]:
         with self.lock:
             return [a for a in self.answers if a.time >= start and (end is None or a.time <= end)]

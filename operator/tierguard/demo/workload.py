@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..drift import reference_fractions
+
 CHEAP_MODEL = "support-mini"
 CAPABLE_MODEL = "support-large"
 BENCHMARK = "synthetic-customer-support"
@@ -272,6 +274,13 @@ def generate(seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) -> Iterator[dic
         seen.add(row["user_prompt"])
         yield row
         i += 1
+
+
+def confidence_reference(rows: list[dict[str, Any]], model: str = CHEAP_MODEL) -> list[float]:
+    """The drift reference of ``model`` on the train split: the proportions of its confidences in
+    the fixed bins (what ``tierguard calibrate`` writes into ``confidence.reference``)."""
+    values = [math.exp(r["models"][model]["conf_logprob"]) for r in rows if r.get("split") == "train"]
+    return reference_fractions(values)
 
 
 def write(path: str | Path, seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) -> Path:
