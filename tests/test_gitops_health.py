@@ -14,7 +14,6 @@ API server and given to
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from needs import unavailable
 from test_operator_k8s import (
     Clock,
     Metrics,
@@ -63,17 +63,11 @@ EXPECTED = {
 }
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (run .ci/install.sh)", pytrace=False)
-    pytest.skip(what)
-
-
 def kstatus_binary() -> Path:
     path = bin_dir() / "kstatus-check"
     res = subprocess.run(["bash", str(KSTATUS_BUILD)], capture_output=True, text=True, timeout=900)
     if res.returncode != 0 or not path.is_file():
-        _missing(f"kstatus-check could not be built: {res.stderr[-2000:]}")
+        unavailable(f"kstatus-check could not be built: {res.stderr[-2000:]}")
     return path
 
 
@@ -82,7 +76,7 @@ def lua_binary() -> str:
         found = shutil.which(name)
         if found:
             return found
-    _missing("no Lua interpreter (apt-get install lua5.4)")
+    unavailable("no Lua interpreter (apt-get install lua5.4)")
     raise AssertionError("unreachable")
 
 
