@@ -157,3 +157,22 @@ def test_missing_binaries_are_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.startswith("tierguard demo: error: Prometheus server binary not found")
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_feedback_is_thumbs_down_exactly_on_wrong_answers_for_a_quarter_of_them() -> None:
+    from tierguard.demo import truth, workload
+
+    rows = list(workload.generate(rows=2000))
+    tally = truth.Tally(rows)
+    ratings = {}
+    for i in range(len(rows)):
+        for tier, model in truth.MODEL_OF_TIER.items():
+            r = tally.rating(i, {"x-tierguard-tier": tier})
+            if r is not None:
+                assert r == ("up" if rows[i]["models"][model]["correct"] else "down")
+                ratings[(i, tier)] = r
+    assert 0.2 < len(ratings) / (2 * len(rows)) < 0.3
+    assert tally.rating(0, {}) is None and tally.rating(0, {"x-tierguard-tier": "other"}) is None
+    tally.record(3, 200, {"x-tierguard-tier": "mini", "x-tierguard-revision": "r1"})
+    tally.record(4, 500, {})
+    assert tally.errors == 1 and [a.revision for a in tally.between(0.0)] == ["r1"]
