@@ -74,8 +74,8 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
         assert needle in out, needle
     assert out.count("operator: StepAdvanced") >= 4
     assert not leftovers(tmp_path / "work")
+    # the wall time is reported (docs and notes), not asserted: it depends on the machine's load
     print(f"\ntierguard demo wall time {wall:.1f}s (story and shutdown); last line: {out.splitlines()[-1]}")
-    assert wall < 180
 
     # the report: every panel of the shipped Grafana dashboard ran against the demo's Prometheus
     # (real proxies, real traffic) without an error and with data

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -15,14 +16,21 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+import yaml
+
 from .. import dashboard
-from ..kube import crdgen
-from ..kube.client import ACTION_ANNOTATION
 from ..localenv.binaries import MissingBinaryError, ensure_binaries, missing, prometheus_binary
 from ..localenv.kube import ClusterStartError, KubeApiError, KubeCluster
 from ..localenv.process import ManagedProcess
 from ..localenv.prometheus import PrometheusError, PrometheusServer
-from ..localenv.services import RunningProcess, ServiceStartError, start_operator, start_proxy, start_sim
+from ..localenv.services import (
+    RunningProcess,
+    ServiceStartError,
+    child_env,
+    start_operator,
+    start_proxy,
+    start_sim,
+)
 from ..policy import parse_duration
 from . import report, story, truth, view, workload
 from .story import NAMESPACE, POLICY
@@ -172,10 +180,21 @@ class Demo:
         return self.sims[role].url
 
     def install_crds(self) -> None:
+        """The CRDs ``tierguard crds`` prints, applied server-side."""
         assert self.cluster is not None
+        res = subprocess.run(
+            [sys.executable, "-m", "tierguard", "crds"],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+        if res.returncode != 0:
+            raise DemoError(f"tierguard crds failed: {res.stderr.strip()[:300]}")
         names = []
-        for gen in crdgen.GENERATORS.values():
-            crd = gen()
+        for crd in yaml.safe_load_all(res.stdout):
+            if not crd:
+                continue
             name = crd["metadata"]["name"]
             self.cluster.request(
                 "PATCH",
@@ -273,15 +292,17 @@ class Demo:
         self.note(f"v1 applied: {story.DESCRIPTIONS['v1']}; promoted at once (tierguard promote --full)")
         self.apply("v1")
         self.wait(lambda: self.status().get("canaryRevision") is not None, 30, "v1's first analysis step")
-        self.cluster.request(
-            "PATCH",
-            f"{GROUP}/namespaces/{NAMESPACE}/cascadepolicies/{POLICY}",
-            {"metadata": {"annotations": {ACTION_ANNOTATION: "promote --full"}}},
-            content_type="application/merge-patch+json",
-        )
+        promote = [sys.executable, "-m", "tierguard", "promote", POLICY, "--full", "-n", NAMESPACE]
+        res = subprocess.run(
+            [*promote, "--kubeconfig", str(self.cluster.kubeconfig)],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+        if res.returncode != 0:
+            self.failed = True
+            raise DemoError(f"tierguard promote failed: {res.stderr.strip()[:300]}")
         self.wait(lambda: self.label(self.status().get("stableRevision")) == "v1", 30, "v1 to be stable")
         self.start_traffic()
-        serve = 2.5 * parse_duration(self.args.interval)
+        serve = 1.5 * parse_duration(self.args.interval)
         self.wait(lambda: False, serve, "", quiet_timeout=True)
 
         for version in ("v2", "v3"):

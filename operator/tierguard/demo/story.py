@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..kube.render import revision_for
-from ..policy import CascadePolicySpec
+from ..policy import CascadePolicySpec, Revision
 from .workload import CAPABLE_MODEL, CHEAP_MODEL, PRICES
 
 NAMESPACE = "demo"
@@ -116,7 +115,7 @@ def revision_names(
         spec = CascadePolicySpec.model_validate(
             policy_spec(version, cheap_url, capable_url, interval, reference)
         )
-        out[revision_for(spec).name] = version
+        out[Revision.of(spec.cascade()).name] = version  # how the operator names a revision
     return out
 
 

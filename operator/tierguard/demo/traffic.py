@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import yaml
 
-from ..kube.render import CONFIG_KEY, child_name
 from ..localenv.kube import KubeCluster
 
 Prompt = tuple[str | None, str]  # (system prompt, user prompt)
@@ -31,8 +30,21 @@ def get_or_none(cluster: KubeCluster, path: str) -> Any:
     return body if status == 200 else None
 
 
+def owned_config(cluster: KubeCluster, ns: str, policy: str) -> str | None:
+    """The proxy config the operator rendered for ``policy``: the one data value of the ConfigMap
+    the CascadePolicy owns (found by its owner reference, as a kubelet mounts it by name)."""
+    body = get_or_none(cluster, f"/api/v1/namespaces/{ns}/configmaps")
+    for cm in (body or {}).get("items", []):
+        owners = cm["metadata"].get("ownerReferences") or []
+        if any(o.get("kind") == "CascadePolicy" and o.get("name") == policy for o in owners):
+            values = list((cm.get("data") or {}).values())
+            return str(values[0]) if len(values) == 1 else None
+    return None
+
+
 class ConfigSync(threading.Thread):
-    """What the kubelet does for a mounted ConfigMap: copy config.yaml into a file, atomically."""
+    """What the kubelet does for a mounted ConfigMap: copy the policy's rendered proxy config into a
+    file, atomically."""
 
     def __init__(self, cluster: KubeCluster, ns: str, policy: str, path: Any, poll: float = 0.2) -> None:
         super().__init__(daemon=True, name=f"sync-{policy}")
@@ -44,10 +56,7 @@ class ConfigSync(threading.Thread):
         last = None
         while not self.stop_event.is_set():
             with contextlib.suppress(Exception):
-                cm = get_or_none(
-                    self.cluster, f"/api/v1/namespaces/{self.ns}/configmaps/{child_name(self.policy)}"
-                )
-                text = (cm or {}).get("data", {}).get(CONFIG_KEY)
+                text = owned_config(self.cluster, self.ns, self.policy)
                 if text and text != last:
                     tmp = self.path.with_suffix(".tmp")
                     tmp.write_text(text)
