@@ -88,7 +88,7 @@ def test_helm_lint(helm: Any) -> None:
 def test_namespaced_install_renders_a_role_for_the_watched_namespace(helm: Any) -> None:
     docs = render(helm, "watch.namespace=apps", "prometheus.url=http://prom:9090")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Deployment", "Role", "RoleBinding", "ServiceAccount"], kinds
+    assert kinds == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"], kinds  # + dashboard
     (role,) = by_kind(docs, "Role")
     (binding,) = by_kind(docs, "RoleBinding")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "apps"
@@ -151,7 +151,7 @@ def test_values_for_image_extra_args_and_rbac(helm: Any) -> None:
         "serviceAccount.name=existing",
         "rbac.create=false",
     )
-    assert sorted(d["kind"] for d in docs) == ["Deployment"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]  # the dashboard stays
     (dep,) = by_kind(docs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example/tg:1.2.3"
