@@ -133,7 +133,7 @@ def synth(tmp_path):
 def test_replay_report_numbers(synth):
     data, policy, tmp = synth
     out = tmp / "report"
-    proc = tierguard("replay", "--data", data, "--policy", policy, "--out", out, "--confidence", "0")
+    proc = tierguard("replay", "--data", data, "--policy", policy, "--out", out, "--max-accuracy-drop", "0.05")
     assert "Traceback" not in proc.stderr
     # malformed lines are named with their line numbers; skipped rows are counted with a reason
     assert f"{data}:4: not valid JSON" in proc.stderr
@@ -209,7 +209,7 @@ def test_replay_strict_names_the_line(synth):
     ("args", "message"),
     [
         (["--strategies", "cascade,oracle"], "unknown strategies"),
-        (["--benchmark", "nope"], "no usable test rows"),
+        (["--benchmark", "nope"], "no rows of benchmark 'nope'; the file has benchmarks: synth (901 rows)"),
         (["--shadow-rate", "2"], "--shadow-rate"),
     ],
 )
@@ -246,7 +246,7 @@ def test_replay_drift_scenario(tmp_path):
     tierguard(
         "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy",
         "--strategies", "cascade,cascade+shadow", "--scenario", "drift", "--drift-from", "easy", "--drift-to", "hard",
-        "--shift-at", "2000", "--horizon", "20000", "--runs", "4", "--null-runs", "30", "--quiet", "--confidence", "0",
+        "--shift-at", "2000", "--horizon", "20000", "--runs", "4", "--null-runs", "30", "--quiet", "--max-accuracy-drop", "0.05",
     )  # fmt: skip
     d = json.loads((out / "report.json").read_text())["drift"]
     assert d["config"]["source"] == "easy" and d["config"]["target"] == "hard"

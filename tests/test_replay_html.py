@@ -23,7 +23,7 @@ def report_dir(tmp_path_factory):
     policy.write_text(POLICY)
     out = tmp / "report"
     tierguard(
-        "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy", "--confidence", "0",
+        "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy", "--max-accuracy-drop", "0.05",
         "--scenario", "drift", "--drift-from", "easy", "--drift-to", "hard",
         "--shift-at", "1000", "--horizon", "10000", "--runs", "3", "--null-runs", "20", "--quiet",
     )  # fmt: skip

@@ -6,15 +6,23 @@ block of a few all-correct answers never claims certainty; small blocks are merg
 thinned to at most ``max_points`` points. The result is the ``TierConfidence.calibration``
 points, a monotone piecewise-linear map the proxy applies to every answer.
 
-Thresholds: every combination of candidate thresholds (the calibrated values at the map's points,
-plus 1.0 = never accept) is routed through :func:`tierguard.cascade.route` over the training rows,
-the decision code the proxy runs, and the best one for the stated objective is kept:
+Thresholds, two objectives:
 
-- ``--max-accuracy-drop X`` (default 0.01): the largest savings versus the capable tier alone
-  whose accuracy is at least the capable tier's minus X;
-- ``--target-cost F``: the highest accuracy at a mean cost of at most F times the capable tier's.
+- ``--max-accuracy-drop EPS`` (default 0.01) with ``--delta D`` (default 0.1): a *certified*
+  policy (:mod:`tierguard.guarantee`, docs/guarantee.md). With probability at least 1 - D over the
+  calibration rows, the cascade's accuracy is at most EPS below the capable tier's on traffic
+  exchangeable with them. Learn-then-Test: fixed-sequence testing along a raw-confidence path
+  fixed in advance, exact p-values; the cheapest certified point is kept, and each tier's map is
+  pinned so that its calibrated threshold accepts exactly the certified raw confidences. When
+  nothing can be certified the result is the capable tier alone (no cascade is written).
+- ``--target-cost F``: the highest accuracy at a mean cost of at most F times the capable tier's,
+  searched over combinations of candidate thresholds routed through
+  :func:`tierguard.cascade.route` on the training rows (coordinate ascent beyond three tiers).
+  No guarantee: the numbers are those of the rows searched on.
 
-Cascades with more than three tiers are searched by coordinate ascent instead of exhaustively.
+Either way a cheaper tier whose threshold can never be reached is dropped from the written policy
+(it would be called and paid for without ever answering), and a negative saving on the training
+rows is warned about.
 
 Drift reference: with the chosen maps and thresholds, each tier's calibrated confidence on the rows
 that reach it (every row for the first tier, the escalated ones for the next) is binned on
@@ -28,12 +36,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import yaml
@@ -41,6 +49,8 @@ import yaml
 from .cascade import route
 from .cli import UserError
 from .drift import reference_fractions
+from .guarantee import Certificate, CertificationError, certify, pin_threshold, points, rows_digest
+from .guarantee import Row as CertRow
 from .policy import CascadePolicySpec, CascadeSpec, PolicyError, parse_policy_spec
 from .replay.data import Row, load_dataset, warn_skipped
 
@@ -48,12 +58,12 @@ MAX_POINTS = 20
 MIN_REFERENCE_ROWS = 100
 MIN_BLOCK = 10
 EXHAUSTIVE_LIMIT = 4000
-# Training sets are small (hundreds of rows): the accuracy constraint is checked on a one-sided
-# confidence bound of the paired accuracy gap, not on the point estimate alone.
-DEFAULT_CONFIDENCE = 0.9
+DEFAULT_DROP = 0.01
+DEFAULT_DELTA = 0.1
+GUARANTEE_ANNOTATION = "tierguard.io/guarantee"
 NEVER_ACCEPTS = (
-    "warning: no thresholds meet the objective on these rows: every query escalates to the last tier, "
-    "so the cascade costs more than the capable tier alone (use mode capable-only, or relax the objective)"
+    "no cheaper tier can answer under this objective: every query would go to the capable tier, and a "
+    "cascade would only add the cheaper tiers' cost; serve the capable tier alone (no cascade written)"
 )
 
 
@@ -284,22 +294,22 @@ def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
 
 @dataclass(frozen=True)
 class SelectionObjective:
-    max_accuracy_drop: float | None = 0.01
-    target_cost: float | None = None  # fraction of the capable tier's cost
-    # One-sided confidence that the accuracy constraint holds: the paired lower bound
-    # (accuracy gap - z * standard error) must stay above -max_accuracy_drop. 0.5 or less: the
-    # point estimate alone.
-    confidence: float = DEFAULT_CONFIDENCE
+    max_accuracy_drop: float | None = DEFAULT_DROP  # eps of the certified guarantee
+    target_cost: float | None = None  # fraction of the capable tier's cost (no guarantee)
+    delta: float = DEFAULT_DELTA  # the guarantee may fail with probability at most this
 
     @property
-    def z(self) -> float:
-        return NormalDist().inv_cdf(self.confidence) if self.confidence > 0.5 else 0.0
+    def certified(self) -> bool:
+        return self.target_cost is None
 
     def describe(self) -> str:
         if self.target_cost is not None:
-            return f"highest accuracy at cost <= {self.target_cost:g} x capable tier"
-        bound = f" (one-sided {self.confidence:.0%} bound)" if self.z > 0 else " (point estimate)"
-        return f"largest savings at accuracy >= capable tier - {self.max_accuracy_drop:g}{bound}"
+            return f"highest accuracy at cost <= {self.target_cost:g} x capable tier (no guarantee)"
+        eps = self.max_accuracy_drop if self.max_accuracy_drop is not None else DEFAULT_DROP
+        return (
+            f"largest savings certified to keep accuracy >= capable tier - {points(eps)} "
+            f"with probability >= {1 - self.delta:.0%} (Learn-then-Test)"
+        )
 
 
 @dataclass(frozen=True)
@@ -322,7 +332,7 @@ def _rank(ev: Evaluation, base: Baseline, obj: SelectionObjective) -> tuple[floa
         feasible = ev.cost <= obj.target_cost * base.cost + 1e-15
         return (float(feasible), ev.accuracy if feasible else -ev.cost, -ev.cost, conservative)
     drop = obj.max_accuracy_drop if obj.max_accuracy_drop is not None else 0.0
-    feasible = ev.accuracy - obj.z * ev.gap_se >= base.accuracy - drop - 1e-12
+    feasible = ev.accuracy >= base.accuracy - drop - 1e-12  # point estimate: search's own use only
     return (float(feasible), -ev.cost if feasible else ev.accuracy, ev.accuracy, conservative)
 
 
@@ -376,8 +386,8 @@ def choose(results: Sequence[Evaluation], base: Baseline, objective: SelectionOb
 
 @dataclass
 class Calibration:
-    spec: CascadePolicySpec
-    chosen: Evaluation
+    spec: CascadePolicySpec  # the written policy (tiers that can never answer dropped)
+    chosen: Evaluation  # on the fitted rows, with ``spec``'s tiers (capable-only: the capable tier)
     baseline: Baseline
     results: list[Evaluation]
     brier_raw: list[float | None]
@@ -385,6 +395,80 @@ class Calibration:
     n_rows: int
     reference_rows: list[int] | None = None  # rows that reached each tier (its drift reference)
     min_reference_rows: int = MIN_REFERENCE_ROWS
+    certificate: Certificate | None = None  # the guarantee (None: --target-cost, none)
+    dropped: list[str] = field(default_factory=list)  # names of tiers that could never answer
+    capable_only: bool = False  # no cheaper tier answers: serve the capable tier alone
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def savings(self) -> float:
+        return 1.0 - self.chosen.cost / self.baseline.cost if self.baseline.cost > 0 else 0.0
+
+
+def cert_rows(rows: Sequence[Row]) -> list[CertRow]:
+    return [CertRow(r.raw, r.correct, r.cost) for r in rows]
+
+
+def data_hash(rows: Sequence[Row]) -> str:
+    return rows_digest(cert_rows(rows), [r.qid for r in rows])
+
+
+def can_accept(spec: CascadeSpec, tier: int) -> bool:
+    """Whether any raw confidence can reach the tier's threshold (the last tier always answers)."""
+    if tier == len(spec.tiers) - 1:
+        return True
+    conf = spec.tiers[tier].confidence
+    cmap = conf.calibration_map()
+    top = max((y for _, y in cmap.points), default=1.0)
+    return top >= conf.threshold
+
+
+def project(rows: Sequence[Row], keep: Sequence[int]) -> list[Row]:
+    """Rows restricted to the tiers ``keep`` (indices, in order)."""
+
+    def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(values[i] for i in keep)
+
+    return [
+        Row(
+            r.qid,
+            r.benchmark,
+            r.split,
+            r.category,
+            r.prompt,
+            pick(r.raw),
+            pick(r.correct),
+            pick(r.cost),
+            pick(r.answer),
+        )
+        for r in rows
+    ]
+
+
+def drop_silent_tiers(spec: CascadePolicySpec) -> tuple[CascadePolicySpec | None, list[int]]:
+    """(``spec`` without the cheaper tiers that can never accept, indices kept); None when only
+    the capable tier would remain."""
+    keep = [i for i in range(len(spec.tiers)) if can_accept(spec, i)]
+    if len(keep) < 2:
+        return None, keep
+    if len(keep) == len(spec.tiers):
+        return spec, keep
+    return spec.model_copy(update={"tiers": [spec.tiers[i] for i in keep]}), keep
+
+
+def certified_spec(fitted: CascadePolicySpec, raw_threshold: float) -> CascadePolicySpec:
+    """``fitted`` with every cheaper tier's map and threshold pinned to accept exactly the raw
+    confidences at or above ``raw_threshold`` (the certified policy)."""
+    maps: list[list[tuple[float, float]] | None] = []
+    thresholds: list[float] = []
+    for tier in fitted.tiers[:-1]:
+        points = [(float(p[0]), float(p[1])) for p in tier.confidence.calibration or []]
+        pinned, level = pin_threshold(points, raw_threshold)
+        maps.append(pinned)
+        thresholds.append(level)
+    maps.append(None)
+    thresholds.append(fitted.tiers[-1].confidence.threshold)
+    return with_confidence(fitted, calibrations=maps, thresholds=thresholds)
 
 
 def calibrate(
@@ -396,21 +480,61 @@ def calibrate(
     progress: bool = False,
     min_reference_rows: int = MIN_REFERENCE_ROWS,
 ) -> Calibration:
-    """Fit maps on ``rows``, choose thresholds for ``objective`` on the same rows, then record
-    each tier's drift reference under those maps and thresholds."""
+    """Fit maps on ``rows``, choose thresholds for ``objective`` on the same rows (certified by
+    Learn-then-Test unless the objective is a target cost), drop tiers that can never answer,
+    then record each remaining tier's drift reference under those maps and thresholds."""
     if not rows:
         raise UserError("no rows to calibrate on (check --split / --benchmark)")
     maps = fit_calibrations(spec, rows, max_points=max_points)
     fitted = with_confidence(spec, calibrations=maps)
     base = capable_baseline(rows)
-    results = search(fitted, rows, base, objective, progress=progress)
-    chosen = choose(results, base, objective)
-    final = with_confidence(fitted, thresholds=chosen.thresholds)
-    refs, reached = fit_references(final, rows, min_rows=min_reference_rows)
-    final = with_confidence(final, references=refs)
+    cert: Certificate | None = None
+    results: list[Evaluation] = []
+    if objective.certified:
+        eps = objective.max_accuracy_drop if objective.max_accuracy_drop is not None else DEFAULT_DROP
+        try:
+            cert = certify(cert_rows(rows), eps, objective.delta, data_hash=data_hash(rows))
+        except CertificationError as err:
+            raise UserError(str(err)) from None
+        final = fitted if cert.chosen is None else certified_spec(fitted, cert.chosen.raw_threshold)
+    else:
+        results = search(fitted, rows, base, objective, progress=progress)
+        final = with_confidence(fitted, thresholds=choose(results, base, objective).thresholds)
+    kept_spec, keep = (None, []) if cert is not None and cert.chosen is None else drop_silent_tiers(final)
+    dropped = [final.tiers[i].name for i in range(len(final.tiers)) if i not in keep]
+    warnings: list[str] = []
+    if kept_spec is None:
+        kept = [len(spec.tiers) - 1]
+        chosen = Evaluation(
+            thresholds=(final.tiers[-1].confidence.threshold,),
+            accuracy=base.accuracy,
+            cost=base.cost,
+            shares=(1.0,),
+        )
+        out_spec = final
+        refs_rows = project(rows, kept)
+        reached: list[int] | None = None
+    else:
+        kept = keep
+        refs_rows = project(rows, kept)
+        chosen = evaluate(kept_spec, refs_rows)
+        refs, reached = fit_references(kept_spec, refs_rows, min_rows=min_reference_rows)
+        out_spec = with_confidence(kept_spec, references=refs)
+        for name, share in zip((t.name for t in kept_spec.tiers[:-1]), chosen.shares, strict=False):
+            if share == 0.0:
+                warnings.append(
+                    f"warning: tier {name} answered none of the {len(rows)} rows at this threshold: it is "
+                    "called and paid for on every query that reaches it"
+                )
+        if chosen.cost > base.cost:
+            warnings.append(
+                f"warning: this policy costs {chosen.cost / base.cost - 1:.1%} more than the capable tier "
+                "alone on the rows it was fitted on (negative savings)"
+            )
     b_raw: list[float | None] = []
     b_cal: list[float | None] = []
-    for i, tier in enumerate(final.tiers):
+    tiers = out_spec.tiers if kept_spec is not None else [final.tiers[i] for i in kept]
+    for tier, i in zip(tiers, kept, strict=True):
         pairs = [(r.raw[i], r.correct[i]) for r in rows if r.raw[i] is not None]
         if not pairs:
             b_raw.append(None)
@@ -421,7 +545,21 @@ def calibrate(
         ys = [p[1] for p in pairs]
         b_raw.append(brier(raws, ys))
         b_cal.append(brier([cmap(x) for x in raws], ys))
-    return Calibration(final, chosen, base, results, b_raw, b_cal, len(rows), reached, min_reference_rows)
+    return Calibration(
+        out_spec,
+        chosen,
+        base,
+        results,
+        b_raw,
+        b_cal,
+        len(rows),
+        reached,
+        min_reference_rows,
+        certificate=cert,
+        dropped=dropped if kept_spec is not None else [],
+        capable_only=kept_spec is None,
+        warnings=warnings,
+    )
 
 
 def needs_fit(spec: CascadeSpec) -> bool:
@@ -445,17 +583,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-accuracy-drop",
         type=float,
         default=None,
-        help="maximise savings at accuracy >= capable tier's minus this (default 0.01)",
+        help="certify accuracy >= capable tier's minus this, as a fraction "
+        f"(default {DEFAULT_DROP}; docs/guarantee.md)",
     )
     goal.add_argument(
-        "--target-cost", type=float, default=None, help="maximise accuracy at cost <= this x capable tier's"
+        "--target-cost",
+        type=float,
+        default=None,
+        help="maximise accuracy at cost <= this x capable tier's (no guarantee)",
     )
     parser.add_argument(
-        "--confidence",
+        "--delta",
         type=float,
-        default=DEFAULT_CONFIDENCE,
-        help="one-sided confidence for the accuracy constraint (paired bound on the train rows); "
-        f"0.5 or less: point estimate (default {DEFAULT_CONFIDENCE})",
+        default=DEFAULT_DELTA,
+        help=f"the guarantee may fail with probability at most this (default {DEFAULT_DELTA})",
     )
     parser.add_argument("--max-points", type=int, default=MAX_POINTS, help="calibration points per tier")
     parser.add_argument(
@@ -465,6 +606,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="rows that must reach a tier for its drift reference to be written "
         f"(default {MIN_REFERENCE_ROWS}; docs/drift.md)",
     )
+    parser.add_argument("--report", default=None, help="also write an HTML report (reliability diagrams)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
 
@@ -477,14 +619,33 @@ def _load_raw_policy(path: str) -> Any:
         raise PolicyError(f"{path}: not valid YAML: {err}") from None
 
 
-def write_policy(source_path: str, spec: CascadeSpec, out: str, header: str) -> None:
-    """Write ``source_path``'s policy with each tier's confidence replaced by ``spec``'s."""
+def write_policy(
+    source_path: str,
+    spec: CascadeSpec,
+    out: str,
+    header: str,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    """Write ``source_path``'s policy with its tiers replaced by ``spec``'s (same names; tiers
+    ``spec`` lacks are left out) and each tier's confidence by ``spec``'s. ``annotations`` go to
+    ``metadata.annotations`` of a manifest (a bare spec has nowhere to keep them: the header
+    comment carries the same text)."""
     data = _load_raw_policy(source_path)
-    body = data.get("spec") if isinstance(data, dict) and data.get("kind") == "CascadePolicy" else data
+    manifest = isinstance(data, dict) and data.get("kind") == "CascadePolicy"
+    body = data.get("spec") if manifest else data
     if not isinstance(body, dict) or not isinstance(body.get("tiers"), list):
         raise PolicyError(f"{source_path}: no tiers list")
-    for raw_tier, tier in zip(body["tiers"], spec.tiers, strict=True):
-        raw_tier["confidence"] = tier.confidence.to_yaml_dict()
+    by_name = {t.name: t for t in spec.tiers}
+    tiers = [t for t in body["tiers"] if isinstance(t, dict) and t.get("name") in by_name]
+    if len(tiers) != len(spec.tiers):
+        raise PolicyError(f"{source_path}: tiers do not match the calibrated policy")
+    for raw_tier in tiers:
+        raw_tier["confidence"] = by_name[raw_tier["name"]].confidence.to_yaml_dict()
+    body["tiers"] = tiers
+    if manifest and annotations:
+        meta = data.setdefault("metadata", {}) or {}
+        data["metadata"] = meta
+        meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
     parse_policy_spec(body, out)  # what we write must load
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
@@ -494,9 +655,42 @@ def write_policy(source_path: str, spec: CascadeSpec, out: str, header: str) -> 
         raise UserError(f"{out}: cannot write: {err.strerror}") from None
 
 
+def guarantee_lines(cal: Calibration) -> list[str]:
+    cert = cal.certificate
+    if cert is None:
+        return ["guarantee: none (--target-cost chooses on the rows it reports; use --max-accuracy-drop)"]
+    lines = [f"guarantee: {cert.statement()}"]
+    tested = cert.path
+    if tested:
+        last = tested[-1]
+        stop = (
+            f"stopped at raw threshold {last.raw_threshold:.12g} (p = {last.p_value:.3f} > {cert.delta:g}; "
+            f"{last.losses} losses, {last.gains} gains)"
+            if cert.certified < len(tested)
+            else "every threshold on the path certified"
+        )
+        lines.append(f"  path: {cert.certified} of {len(tested)} tested thresholds certified; {stop}")
+    if cert.chosen is not None:
+        c = cert.chosen
+        lines.append(
+            f"  chosen: raw threshold {c.raw_threshold:.12g} for every cheaper tier, p = {c.p_value:.4f}, "
+            f"{c.losses} losses and {c.gains} gains vs the capable tier on {cert.n} rows"
+        )
+    lines.append(f"  data: sha256 {cert.data_hash[:16]}..., assumption: traffic exchangeable with these rows")
+    return lines
+
+
 def summary_lines(cal: Calibration, names: Sequence[str], models: Sequence[str]) -> list[str]:
     ev, base = cal.chosen, cal.baseline
     lines = [f"rows: {cal.n_rows}", ""]
+    if cal.capable_only:
+        lines += [
+            f"capable tier alone: accuracy {base.accuracy:.4f}, cost ${base.cost:.3e}/query",
+            f"proposal: capable-only ({NEVER_ACCEPTS})",
+            *guarantee_lines(cal),
+        ]
+        return lines
+    by_name = dict(zip(names, models, strict=True))
     lines.append(
         f"{'tier':<14}{'model':<22}{'points':>7}{'threshold':>11}{'share':>8}{'brier raw':>11}{'cal':>8}"
     )
@@ -506,31 +700,54 @@ def summary_lines(cal: Calibration, names: Sequence[str], models: Sequence[str])
         br = cal.brier_raw[i]
         bc = cal.brier_calibrated[i]
         lines.append(
-            f"{names[i]:<14}{models[i]:<22}{pts:>7}{thr:>11}{ev.shares[i]:>8.1%}"
+            f"{tier.name:<14}{by_name.get(tier.name, tier.model):<22}{pts:>7}{thr:>11}{ev.shares[i]:>8.1%}"
             f"{'-' if br is None else f'{br:.4f}':>11}{'-' if bc is None else f'{bc:.4f}':>8}"
         )
-    savings = 1.0 - ev.cost / base.cost if base.cost > 0 else 0.0
     lines += [
         "",
         f"capable tier alone: accuracy {base.accuracy:.4f}, cost ${base.cost:.3e}/query",
-        f"cascade:            accuracy {ev.accuracy:.4f}, cost ${ev.cost:.3e}/query, savings {savings:.1%}",
-        f"({len(cal.results)} threshold combinations routed; numbers are on the rows fitted on)",
+        f"cascade:            accuracy {ev.accuracy:.4f}, cost ${ev.cost:.3e}/query, "
+        f"savings {cal.savings:.1%} (on the rows fitted on)",
     ]
-    if ev.shares[-1] >= 1.0:
-        lines.append(NEVER_ACCEPTS)
+    if cal.results:
+        lines.append(f"({len(cal.results)} threshold combinations routed)")
+    for name in cal.dropped:
+        lines.append(
+            f"dropped tier {name}: its threshold can never be reached (it would be paid for, never answer)"
+        )
+    lines += guarantee_lines(cal)
     if cal.reference_rows is not None:
         parts = []
         for i, tier in enumerate(cal.spec.tiers):
             n = cal.reference_rows[i]
             if tier.confidence.reference is not None:
-                parts.append(f"{names[i]} ({n} rows)")
+                parts.append(f"{tier.name} ({n} rows)")
             else:
-                parts.append(f"{names[i]} none (only {n} rows reach it, need {cal.min_reference_rows})")
+                parts.append(f"{tier.name} none (only {n} rows reach it, need {cal.min_reference_rows})")
         lines.append("drift references (tierguard_confidence_psi): " + ", ".join(parts))
+    lines += cal.warnings
     return lines
 
 
+def objective_from_args(args: argparse.Namespace) -> SelectionObjective:
+    """The objective the arguments ask for; bad values are :class:`UserError`."""
+    if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop < 1.0:
+        raise UserError("--max-accuracy-drop must lie in [0, 1) (a fraction: 0.01 is one point)")
+    if args.target_cost is not None and args.target_cost <= 0:
+        raise UserError("--target-cost must be positive")
+    if not 0.0 < args.delta < 1.0:
+        raise UserError("--delta must lie in (0, 1)")
+    return SelectionObjective(
+        max_accuracy_drop=None
+        if args.target_cost is not None
+        else (DEFAULT_DROP if args.max_accuracy_drop is None else args.max_accuracy_drop),
+        target_cost=args.target_cost,
+        delta=args.delta,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from .nodata import explain_no_rows
     from .policy import load_policy_spec
 
     _, spec = load_policy_spec(args.policy)
@@ -538,25 +755,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-points must be at least 2")
     if args.min_reference_rows < 1:
         raise UserError("--min-reference-rows must be at least 1")
-    objective = SelectionObjective(
-        max_accuracy_drop=None if args.target_cost is not None else (args.max_accuracy_drop or 0.01),
-        target_cost=args.target_cost,
-        confidence=args.confidence,
-    )
-    if not 0.0 <= args.confidence < 1.0:
-        raise UserError("--confidence must lie in [0, 1)")
-    if args.target_cost is not None and args.target_cost <= 0:
-        raise UserError("--target-cost must be positive")
-    if args.max_accuracy_drop is not None and args.max_accuracy_drop < 0:
-        raise UserError("--max-accuracy-drop must not be negative")
+    objective = objective_from_args(args)
     ds = load_dataset(args.data, spec, strict=args.strict, benchmarks=args.benchmark)
     warn_skipped(ds, "tierguard calibrate")
     rows = ds.rows if args.split == "all" else ds.select(split=args.split)
     if not rows:
-        have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
-        raise UserError(
-            f"no usable rows for split {args.split!r} (rows available: {', '.join(have) or 'none'})"
-        )
+        raise UserError(explain_no_rows(args.data, spec, benchmarks=args.benchmark, split=args.split))
     cal = calibrate(
         spec,
         rows,
@@ -565,14 +769,29 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         min_reference_rows=args.min_reference_rows,
     )
+    print(f"objective: {objective.describe()}")
+    for line in summary_lines(cal, ds.tiers, ds.models):
+        print(line)
+    if args.report:
+        from .calibrate_report import write_report
+
+        write_report(args.report, cal, spec, rows)
+        print(f"wrote {args.report}")
+    if cal.capable_only:
+        print(
+            f"tierguard calibrate: nothing written to {args.out}: serve the capable tier alone",
+            file=sys.stderr,
+        )
+        return 3
     header = (
         f"Calibrated by `tierguard calibrate` on {Path(args.data).name}, split {args.split}"
         + (f", benchmark {','.join(args.benchmark)}" if args.benchmark else "")
         + f" ({cal.n_rows} rows).\nObjective: {objective.describe()}."
     )
-    write_policy(args.policy, cal.spec, args.out, header)
-    print(f"objective: {objective.describe()}")
-    for line in summary_lines(cal, ds.tiers, ds.models):
-        print(line)
+    annotations = None
+    if cal.certificate is not None:
+        header += f"\nGuarantee: {cal.certificate.statement()}"
+        annotations = {GUARANTEE_ANNOTATION: json.dumps(cal.certificate.record(), sort_keys=True)}
+    write_policy(args.policy, cal.spec, args.out, header, annotations)
     print(f"wrote {args.out}")
     return 0

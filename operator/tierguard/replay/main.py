@@ -6,6 +6,7 @@ Everything is fitted on the ``train`` split and reported on the ``test`` split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..calibrate import DEFAULT_CONFIDENCE, NEVER_ACCEPTS, SelectionObjective, calibrate, evaluate, needs_fit
+from ..calibrate import DEFAULT_DELTA, NEVER_ACCEPTS, SelectionObjective, calibrate, evaluate, needs_fit
 from ..cli import UserError
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
 from .data import Dataset, Row, load_dataset, warn_skipped
+from .report_html import cost_matched, equal_cost_label
 
 STRATEGIES = ("capable-only", "pre-route-classifier", "allowlist", "cascade", "cascade+shadow")
 THRESHOLD_GRID = (
@@ -82,11 +84,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="objective when fitting thresholds (and the allowlist's): accuracy >= capable tier's minus this",
     )
     parser.add_argument(
-        "--confidence",
+        "--delta",
         type=float,
-        default=DEFAULT_CONFIDENCE,
-        help="one-sided confidence of the fitted accuracy constraint "
-        f"(default {DEFAULT_CONFIDENCE}; 0.5 or less: the point estimate)",
+        default=DEFAULT_DELTA,
+        help="the fitted policy's accuracy guarantee may fail with probability at most this "
+        f"(default {DEFAULT_DELTA}; docs/guarantee.md)",
     )
     parser.add_argument(
         "--shadow-rate", type=float, default=0.05, help="share of accepted cheaper answers re-asked"
@@ -120,12 +122,14 @@ def _parse_strategies(text: str) -> list[str]:
 
 
 def _objective(args: argparse.Namespace) -> SelectionObjective:
-    return SelectionObjective(max_accuracy_drop=args.max_accuracy_drop, confidence=args.confidence)
+    return SelectionObjective(max_accuracy_drop=args.max_accuracy_drop, delta=args.delta)
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.confidence < 1.0:
-        raise UserError("--confidence must lie in [0, 1)")
+    if not 0.0 < args.delta < 1.0:
+        raise UserError("--delta must lie in (0, 1)")
+    if not 0.0 <= args.max_accuracy_drop < 1.0:
+        raise UserError("--max-accuracy-drop must lie in [0, 1) (a fraction: 0.01 is one point)")
     if not 0.0 <= args.shadow_rate <= 1.0:
         raise UserError("--shadow-rate must lie in [0, 1]")
     if not 0.0 < args.review_rate <= 1.0:
@@ -152,13 +156,18 @@ def fit_spec(
     progress(f"{label}: fitting calibration and thresholds on {len(train)} train rows")
     cal = calibrate(spec, train, objective)
     base = cal.baseline
+    if cal.capable_only:
+        progress(f"{label}: {NEVER_ACCEPTS}")
     return cal.spec, {
         "source": "fitted on train",
         "rows": len(train),
         "objective": objective.describe(),
         "train_accuracy": cal.chosen.accuracy,
         "train_capable_accuracy": base.accuracy,
-        "train_savings": 1.0 - cal.chosen.cost / base.cost if base.cost else None,
+        "train_savings": cal.savings,
+        "capable_only": cal.capable_only,
+        "guarantee": cal.certificate.to_json() if cal.certificate is not None else None,
+        "warnings": cal.warnings,
         "combinations_routed": len(cal.results),
         "brier_raw": cal.brier_raw,
         "brier_calibrated": cal.brier_calibrated,
@@ -203,7 +212,9 @@ def evaluate_strategies(
     progress: Progress,
     *,
     frontiers: bool = True,
+    capable_only: bool = False,
 ) -> dict[str, Any]:
+    """``capable_only``: the fitted policy is the capable tier alone (nothing cheaper certified)."""
     n_t = len(spec.tiers)
     cap = st.capable_only(spec, test)
     cap_cost = sum(cap.cost) / len(test)
@@ -219,7 +230,11 @@ def evaluate_strategies(
     results: list[dict[str, Any]] = [m(cap)]
     notes: list[str] = []
     fr: dict[str, list[dict[str, Any]]] = {}
-    casc = st.cascade(spec, test)
+    casc = (
+        dataclasses.replace(cap, name="cascade", notes={"capable_only": True})
+        if capable_only
+        else st.cascade(spec, test)
+    )
     casc_m = m(casc)
     shares = [p["share"] for p in casc_m["per_tier"]]
     equal_cost: dict[str, Any] | None = None
@@ -251,6 +266,7 @@ def evaluate_strategies(
                 ]
             if router.kind == "tfidf-logreg":
                 equal_cost = {
+                    "cost_matched": cost_matched(casc_m["cost_per_query_usd"], eq["cost_per_query_usd"]),
                     "cascade_cost": casc_m["cost_per_query_usd"],
                     "pre_route_cost": eq["cost_per_query_usd"],
                     "cascade_accuracy": casc_m["accuracy"],
@@ -320,8 +336,13 @@ def run_drift(
         raise UserError(f"drift scenario: need test rows of both {a!r} and {b!r}")
     fitted, fit_info = fit_spec(spec, train_a, args.fit, _objective(args), progress, f"drift ({a})")
     # Quality before and after the shift, per strategy (all fitted on A's train rows).
-    before = evaluate_strategies(fitted, train_a, test_a, names, args, progress, frontiers=False)
-    after = evaluate_strategies(fitted, train_a, test_b, names, args, progress, frontiers=False)
+    only = bool(fit_info.get("capable_only"))
+    before = evaluate_strategies(
+        fitted, train_a, test_a, names, args, progress, frontiers=False, capable_only=only
+    )
+    after = evaluate_strategies(
+        fitted, train_a, test_b, names, args, progress, frontiers=False, capable_only=only
+    )
     quality = []
     for x, y in zip(before["strategies"], after["strategies"], strict=True):
         quality.append(
@@ -375,17 +396,21 @@ def run(args: argparse.Namespace) -> int:
     train = [r for r in main_rows if r.split == "train"]
     test = [r for r in main_rows if r.split == "test"]
     if not test:
-        have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
-        raise UserError(f"no usable test rows to report on (rows available: {', '.join(have) or 'none'})")
+        from ..nodata import explain_no_rows
+
+        raise UserError(explain_no_rows(args.data, spec, benchmarks=args.benchmark, split="test"))
     fitted, fit_info = fit_spec(spec, train, args.fit, _objective(args), progress, "policy")
-    if fit_info["source"] == "fitted on train" and evaluate(fitted, train).shares[-1] >= 1.0:
+    capable = bool(fit_info.get("capable_only"))
+    if capable:
         print(f"tierguard replay: {NEVER_ACCEPTS}", file=sys.stderr)
-    if fit_info["source"] == "fitted on train":
+    elif fit_info["source"] == "fitted on train":
         fit_info["test_check"] = evaluate(fitted, test).__dict__
+    for w in fit_info.get("warnings", []):
+        print(f"tierguard replay: {w}", file=sys.stderr)
     if ("pre-route-classifier" in names or "allowlist" in names) and not train:
         raise UserError("pre-route-classifier and allowlist need train rows; leave them out of --strategies")
     progress(f"strategies on {len(test)} test rows: {', '.join(names)}")
-    main_eval = evaluate_strategies(fitted, train, test, names, args, progress)
+    main_eval = evaluate_strategies(fitted, train, test, names, args, progress, capable_only=capable)
     report: dict[str, Any] = {
         "tool": "tierguard replay",
         "version": __version__,
@@ -434,7 +459,7 @@ def text_summary(report: dict[str, Any]) -> str:
     eq = report.get("equal_cost")
     if eq:
         lines.append(
-            f"at equal cost: cascade - pre-route = {eq['accuracy_gap'] * 100:+.1f} points overall, "
+            f"{equal_cost_label(eq)}: cascade - pre-route = {eq['accuracy_gap'] * 100:+.1f} points overall, "
             + (
                 f"{eq['long_tail_gap'] * 100:+.1f} on the long tail"
                 if eq["long_tail_gap"] is not None

@@ -223,6 +223,25 @@ def bar_chart(
 # --- tables ------------------------------------------------------------------------------------
 
 
+COST_MATCH = 0.01  # relative difference under which two mean costs count as equal
+
+
+def cost_matched(cascade_cost: float, pre_route_cost: float) -> bool:
+    return abs(pre_route_cost - cascade_cost) <= COST_MATCH * max(cascade_cost, 1e-300)
+
+
+def equal_cost_label(eq: dict[str, Any]) -> str:
+    """ "at equal cost" only when the pre-router's cost really matched the cascade's."""
+    if eq.get("cost_matched", True):
+        return "at equal cost"
+    c, p = eq["cascade_cost"], eq["pre_route_cost"]
+    rel = 1.0 - p / c if c else 0.0
+    return (
+        f"NOT at equal cost (the pre-router cannot spend more than ${p:.3e}/query, "
+        f"{rel:.0%} {'cheaper' if rel > 0 else 'dearer'} than the cascade's ${c:.3e})"
+    )
+
+
 def _p(v: Any, digits: int = 1) -> str:
     return DASH if v is None else f"{v * 100:.{digits}f}%"
 
@@ -458,8 +477,10 @@ def render(report: dict[str, Any]) -> str:
             if eq["long_tail_gap"] is not None
             else ""
         )
+        label = equal_cost_label(eq)
         parts.append(
-            f"<p>At equal cost ({_usd(eq['cascade_cost'])} vs {_usd(eq['pre_route_cost'])} per query), "
+            f"<p>{escape(label[0].upper() + label[1:])} ({_usd(eq['cascade_cost'])} vs "
+            f"{_usd(eq['pre_route_cost'])} per query), "
             "the cascade minus the pre-route classifier: overall "
             f"<b class='{gap_cls}'>{eq['accuracy_gap'] * 100:+.1f} points</b>"
             f"{tail}.</p>"
