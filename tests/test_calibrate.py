@@ -288,3 +288,90 @@ def test_calibrate_command_writes_the_reference(files):
     )  # fmt: skip
     assert bad.returncode == 2 and "--min-reference-rows must be at least 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# --- bad input, as a new user meets it (issue 7) -----------------------------------------------------
+
+
+def test_max_accuracy_drop_zero_is_used_not_replaced(files):
+    data, policy, tmp = files
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml",
+        "--max-accuracy-drop", "0", check=False,
+    )  # fmt: skip
+    assert "accuracy >= capable tier - 0 points" in proc.stdout, proc.stdout
+    for bad, msg in (
+        ("-0.01", "--max-accuracy-drop must lie in [0, 1)"),
+        ("1", "--max-accuracy-drop must lie"),
+    ):
+        proc = tierguard(
+            "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml",
+            "--max-accuracy-drop", bad, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml", "--delta", "0", check=False
+    )
+    assert proc.returncode == 2 and "--delta must lie in (0, 1)" in proc.stderr
+
+
+def test_correct_must_be_a_real_boolean(tmp_path):
+    rows = make_rows(30, seed=1, split="train")
+    rows[0]["models"]["small-model"]["correct"] = "yes"
+    data = write_jsonl(tmp_path / "o.jsonl", rows)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp_path / "x.yaml", check=False
+    )
+    assert f"{data}:1: models.small-model.correct: Input should be a valid boolean" in proc.stderr
+    strict = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp_path / "x.yaml", "--strict", check=False
+    )
+    assert strict.returncode == 2 and "valid boolean" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_manifest_typo_is_an_error(files):
+    data, _, tmp = files
+    policy = tmp / "typo.yaml"
+    policy.write_text(POLICY.replace("metadata:", "metdata:"))
+    assert "metdata:" in policy.read_text()
+    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--out", tmp / "x.yaml", check=False)
+    assert proc.returncode == 2
+    assert "unknown top-level field 'metdata' (did you mean 'metadata'?)" in proc.stderr
+    assert not (tmp / "x.yaml").exists()
+
+
+def test_no_rows_messages_name_what_the_file_has(files):
+    data, policy, tmp = files
+
+    def err(*extra, data=data, policy=policy):
+        proc = tierguard(
+            "calibrate", "--data", data, "--policy", policy, "--out", tmp / "x.yaml", *extra, check=False
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        return proc.stderr
+
+    assert "no rows of benchmark 'trivia'; the file has benchmarks: synth (900 rows)" in err(
+        "--benchmark", "trivia"
+    )
+    other = tmp / "other.yaml"
+    other.write_text(POLICY.replace("model: large-model", "model: gpt-9"))
+    assert "the policy's model(s) 'gpt-9' are not in the file; it has models: large-model (" in err(
+        policy=other
+    )
+    empty = tmp / "empty.jsonl"
+    empty.write_text("\n")
+    assert "the file is empty" in err(data=empty)
+
+
+def test_equal_cost_label_says_when_costs_did_not_match():
+    from tierguard.replay.report_html import cost_matched, equal_cost_label
+
+    assert cost_matched(1.0, 0.995) and not cost_matched(1.0, 0.63)
+    assert (
+        equal_cost_label({"cost_matched": True, "cascade_cost": 1.0, "pre_route_cost": 1.0})
+        == "at equal cost"
+    )
+    label = equal_cost_label({"cost_matched": False, "cascade_cost": 1.0, "pre_route_cost": 0.63})
+    assert label.startswith("NOT at equal cost") and "37% cheaper" in label

@@ -129,30 +129,24 @@ def signed_root(a: int, b: int, n: int, eps: float) -> float:
     return root if (a - b) / n < eps else -root
 
 
-def _null_grid(eps: float) -> list[float]:
+def _null_grid(eps: float, factor: float = 1.12) -> list[float]:
     top = (1.0 - eps) / 2.0
     grid = {0.0, top}
     x = 1e-5
     while x < top:
         grid.add(x)
-        x *= 1.08
+        x *= factor
     return sorted(grid)
 
 
-@lru_cache(maxsize=100_000)
-def gap_p_value(a: int, b: int, n: int, eps: float) -> float:
-    """p-value of H0 ``p_a - p_b > eps`` given ``a`` losses, ``b`` gains in ``n`` queries."""
-    if n <= 0 or a < 0 or b < 0 or a + b > n:
-        raise ValueError(f"need 0 <= a, b and a + b <= n, got a={a}, b={b}, n={n}")
-    if not 0.0 <= eps < 1.0:
-        raise ValueError("eps must lie in [0, 1)")
+def _region(a: int, b: int, n: int, eps: float) -> list[tuple[int, int]]:
+    """Per loss count x, the smallest gain count y whose statistic is at least the observed one
+    (the statistic rises with y and falls with x; checked in tests)."""
     r_obs = signed_root(a, b, n, eps) - 1e-9  # ties count as at least as favourable
-    # For each possible loss count x: the smallest gain count y with a statistic >= r_obs
-    # (the statistic rises with y), or None when no y reaches it.
-    thresholds: list[tuple[int, int]] = []
+    region: list[tuple[int, int]] = []
     for x in range(n + 1):
         if signed_root(x, n - x, n, eps) < r_obs:
-            break  # the statistic falls with x: no larger x can reach it either
+            break  # no larger x can reach it either
         lo, hi = 0, n - x
         while lo < hi:
             mid = (lo + hi) // 2
@@ -160,20 +154,39 @@ def gap_p_value(a: int, b: int, n: int, eps: float) -> float:
                 hi = mid
             else:
                 lo = mid + 1
-        thresholds.append((x, lo))
-    worst = 0.0
-    for pb in _null_grid(eps):
-        pa = pb + eps
-        total = 0.0
-        for x, y in thresholds:
-            px = math.exp(_log_pmf(x, n, pa))
-            if px < 1e-18:
-                if x > n * pa:
-                    break
-                continue
-            q = pb / (1.0 - pa) if pa < 1.0 else 0.0
-            total += px * binom_sf(y, n - x, q)
-        worst = max(worst, total)
-        if worst >= 1.0:
-            return 1.0
+        region.append((x, lo))
+    return region
+
+
+def _region_probability(region: list[tuple[int, int]], n: int, eps: float, pb: float) -> float:
+    pa = pb + eps
+    q = pb / (1.0 - pa) if pa < 1.0 else 0.0
+    total = 0.0
+    for x, y in region:
+        px = math.exp(_log_pmf(x, n, pa))
+        if px < 1e-16:
+            if x > n * pa:
+                break
+            continue
+        total += px * binom_sf(y, n - x, q)
+    return total
+
+
+@lru_cache(maxsize=100_000)
+def gap_p_value(a: int, b: int, n: int, eps: float) -> float:
+    """p-value of H0 ``p_a - p_b > eps`` given ``a`` losses, ``b`` gains in ``n`` queries.
+
+    The largest probability of the observed region over a geometric grid of ``p_b`` on the null
+    boundary, refined around the grid's maximum."""
+    if n <= 0 or a < 0 or b < 0 or a + b > n:
+        raise ValueError(f"need 0 <= a, b and a + b <= n, got a={a}, b={b}, n={n}")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError("eps must lie in [0, 1)")
+    region = _region(a, b, n, eps)
+    grid = _null_grid(eps)
+    values = [_region_probability(region, n, eps, pb) for pb in grid]
+    k = max(range(len(grid)), key=values.__getitem__)
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    fine = [lo + (hi - lo) * i / 16 for i in range(1, 16)]
+    worst = max([values[k], *(_region_probability(region, n, eps, pb) for pb in fine)])
     return min(1.0, worst)

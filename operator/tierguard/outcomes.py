@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 
 class ModelOutcome(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     answer: str
-    correct: bool | None = None
+    # strict: "yes", "1" or 1 are not silently read as true
+    correct: StrictBool | None = None
     conf_logprob: float | None = Field(
         default=None, description="Log-probability behind the confidence; null if none."
     )
