@@ -562,6 +562,16 @@ def calibrate(
     )
 
 
+def selected_on_train(spec: CascadePolicySpec, rows: Sequence[Row], eps: float) -> CascadePolicySpec:
+    """The rule calibrate used before its guarantee, kept as a contrast for ``replay``: the
+    cheapest thresholds whose accuracy *on the same rows* is within ``eps`` of the capable tier's.
+    Selection on the rows that judge it: no guarantee."""
+    fitted = with_confidence(spec, calibrations=fit_calibrations(spec, rows))
+    base = capable_baseline(rows)
+    obj = SelectionObjective(max_accuracy_drop=eps)
+    return with_confidence(fitted, thresholds=choose(search(fitted, rows, base, obj), base, obj).thresholds)
+
+
 def needs_fit(spec: CascadeSpec) -> bool:
     """True when a tier that can accept (not the last) has no calibration map."""
     return any(not t.confidence.calibration for t in spec.tiers[:-1])

@@ -100,7 +100,22 @@ def oof_reliability(spec: Any, rows: Sequence[Any], *, folds: int = FOLDS) -> li
     return out
 
 
-def reliability_section(items: Sequence[Reliability | dict[str, Any] | None], names: Sequence[str]) -> str:
+def on_rows(spec: Any, rows: Sequence[Any]) -> list[Reliability | None]:
+    """Per tier: reliability of ``spec``'s own maps on ``rows`` (rows the maps were not fitted on)."""
+    out: list[Reliability | None] = []
+    for i, tier in enumerate(spec.tiers):
+        cmap = tier.confidence.calibration_map()
+        pairs = [(cmap(float(r.raw[i])), bool(r.correct[i])) for r in rows if r.raw[i] is not None]
+        out.append(reliability(tier.name, [p for p, _ in pairs], [c for _, c in pairs]) if pairs else None)
+    return out
+
+
+def reliability_section(
+    items: Sequence[Reliability | dict[str, Any] | None],
+    names: Sequence[str],
+    title: str = "Reliability (out-of-fold)",
+    note: str = "",
+) -> str:
     """HTML: a reliability diagram per tier and an ECE table."""
     from .replay.report_html import PALETTE, Series, scatter_chart
 
@@ -110,10 +125,13 @@ def reliability_section(items: Sequence[Reliability | dict[str, Any] | None], na
         else r
         for r in items
     ]
+    note = note or (
+        f"Each tier's calibrated confidence from maps fitted without the row's fold ({FOLDS}-fold "
+        "cross-fitting)"
+    )
     parts = [
-        "<h2>Reliability (out-of-fold)</h2>",
-        f"<p class='muted'>Each tier's calibrated confidence from maps fitted without the row's fold "
-        f"({FOLDS}-fold cross-fitting), in {BINS} equal-width bins; on the diagonal is perfect "
+        f"<h2>{escape(title)}</h2>",
+        f"<p class='muted'>{escape(note)}, in {BINS} equal-width bins; on the diagonal is perfect "
         "calibration. ECE: the share-weighted mean |accuracy - confidence| over the bins.</p>",
         "<table><tr><th class='l'>tier</th><th>answers</th><th>ECE</th></tr>",
     ]
@@ -138,7 +156,7 @@ def reliability_section(items: Sequence[Reliability | dict[str, Any] | None], na
         parts.append(
             scatter_chart(
                 series,
-                title=f"{name}: reliability (ECE {r.ece * 100:.1f} points)",
+                title=f"{name}: {title.split(' (')[0].lower()} (ECE {r.ece * 100:.1f} points)",
                 x_label="calibrated confidence (out-of-fold)",
                 y_label="accuracy",
                 width=360,

@@ -69,7 +69,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--benchmark", action="append", default=None, help="only rows of this benchmark (repeatable)"
     )
     parser.add_argument(
-        "--scenario", choices=("none", "drift"), default="none", help="also run this scenario"
+        "--scenario",
+        choices=("none", "drift", "rollout"),
+        default="none",
+        help="also run this scenario (rollout: the fitted policy through the operator's rollout gate)",
     )
     parser.add_argument(
         "--fit",
@@ -107,6 +110,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     drift.add_argument(
         "--null-runs", type=int, default=200, help="healthy streams for the false-alarm calibration"
     )
+    ro = parser.add_argument_group("rollout scenario")
+    ro.add_argument(
+        "--requests-per-interval", type=int, default=20_000, help="replayed requests per analysis interval"
+    )
+    ro.add_argument(
+        "--rollout-resplits",
+        type=int,
+        default=0,
+        help="also refit and roll out on this many exchangeable re-splits of train+test (false rollbacks)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -136,7 +149,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--review-rate must lie in (0, 1]")
     if not 0.0 < args.alpha < 1.0:
         raise UserError("--alpha must lie in (0, 1)")
-    for name in ("shift_at", "horizon", "runs", "null_runs"):
+    if args.rollout_resplits < 0:
+        raise UserError("--rollout-resplits must not be negative")
+    for name in ("shift_at", "horizon", "runs", "null_runs", "requests_per_interval"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
@@ -375,6 +390,102 @@ def run_drift(
     return {"fit": fit_info, "policy": policy_summary(fitted), "quality": quality, **mon}
 
 
+def reliability_report(
+    spec: CascadePolicySpec, fitted: CascadePolicySpec, train: Sequence[Row], test: Sequence[Row]
+) -> dict[str, Any]:
+    """Per tier: out-of-fold reliability on train, and the policy's maps on test (ECE, bins)."""
+    from ..reliability import on_rows, oof_reliability
+
+    def js(items: Sequence[Any]) -> list[dict[str, Any] | None]:
+        return [None if r is None else r.to_json() for r in items]
+
+    return {
+        "train_out_of_fold": js(oof_reliability(spec, train)) if train else [],
+        "test": js(on_rows(fitted, test)),
+    }
+
+
+def run_rollout(
+    spec: CascadePolicySpec,
+    train: Sequence[Row],
+    test: Sequence[Row],
+    args: argparse.Namespace,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The fitted (certified) policy and, for contrast, the policy selected on train without a
+    guarantee, each rolled out on the test traffic; then refits on exchangeable re-splits."""
+    import random
+
+    from ..calibrate import selected_on_train
+    from .rollout_sim import rollout_runs
+
+    if not train:
+        raise UserError("rollout scenario: needs train rows to fit the policy on")
+    objective = _objective(args)
+    eps = args.max_accuracy_drop
+    shadow = spec.proxy.shadow_rate or args.shadow_rate
+    common = {
+        "eps": eps,
+        "requests_per_interval": args.requests_per_interval,
+        "shadow_rate": shadow,
+        "runs": args.runs,
+        "seed": args.seed,
+    }
+    policies = []
+    cal = calibrate(spec, train, objective)
+    if cal.capable_only:
+        policies.append({"policy": "certified", "capable_only": True, "note": NEVER_ACCEPTS})
+    else:
+        progress(f"rollout: certified policy, {args.runs} runs on {len(test)} test rows")
+        policies.append(rollout_runs("certified", cal.spec, train, test, **common))
+    progress(f"rollout: policy selected on train without a guarantee, {args.runs} runs")
+    policies.append(
+        rollout_runs(
+            "selected on train (no guarantee)", selected_on_train(spec, train, eps), train, test, **common
+        )
+    )
+    resplits: list[dict[str, Any]] = []
+    pool = [*train, *test]
+    rng = random.Random(args.seed)
+    for i in range(args.rollout_resplits):
+        rows = list(pool)
+        rng.shuffle(rows)
+        tr, te = rows[: len(train)], rows[len(train) :]
+        c = calibrate(spec, tr, objective)
+        if c.capable_only:
+            resplits.append({"split": i, "capable_only": True})
+            continue
+        r = rollout_runs("certified", c.spec, tr, te, **{**common, "runs": 1, "seed": args.seed + i})
+        resplits.append(
+            {
+                "split": i,
+                "capable_only": False,
+                "test_gap": r["test_gap"],
+                "promoted": r["promoted"] == 1,
+                "rolled_back": r["rolled_back"] == 1,
+                "requests": r["median_requests_to_decision"],
+            }
+        )
+        if (i + 1) % 10 == 0:
+            progress(f"rollout: {i + 1}/{args.rollout_resplits} re-splits")
+    good = [x for x in resplits if not x["capable_only"] and x["test_gap"] <= eps]
+    false_rb = sum(x["rolled_back"] for x in good)
+    rate = false_rb / len(good) if good else None
+    return {
+        "config": {**common, "rollout": spec.rollout.to_yaml_dict()},
+        "policies": policies,
+        "resplits": {
+            "splits": len(resplits),
+            "capable_only": sum(x["capable_only"] for x in resplits),
+            "good": len(good),
+            "false_rollbacks": false_rb,
+            "false_rollback_rate": rate,
+            "standard_error": (rate * (1 - rate) / len(good)) ** 0.5 if good and rate is not None else None,
+            "details": resplits,
+        },
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     names = _parse_strategies(args.strategies)
@@ -422,9 +533,13 @@ def run(args: argparse.Namespace) -> int:
         "policy": policy_summary(fitted),
         **main_eval,
         "drift": None,
+        "rollout": None,
+        "reliability": reliability_report(spec, fitted, train, test),
     }
     if args.scenario == "drift":
         report["drift"] = run_drift(spec, ds, args, names, progress)
+    if args.scenario == "rollout":
+        report["rollout"] = run_rollout(spec, train, test, args, progress)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -478,6 +593,29 @@ def text_summary(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {mo['name']:<28} median requests to fire: {fired:>10}"
                 f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
+            )
+    ro = report.get("rollout")
+    if ro:
+        lines.append(
+            f"rollout on test traffic ({ro['config']['requests_per_interval']} requests per interval):"
+        )
+        for p in ro["policies"]:
+            if p.get("capable_only"):
+                lines.append(f"  {p['policy']}: capable-only, nothing to roll out")
+                continue
+            lines.append(
+                f"  {p['policy']:<34} test gap {p['test_gap'] * 100:+.1f} points: promoted {p['promoted']}/"
+                f"{p['runs']}, rolled back {p['rolled_back']}/{p['runs']}"
+                + (f" at weight {p['rolled_back_at_weights']}%" if p["rolled_back"] else "")
+                + f", median {p['median_requests_to_decision']} requests to the decision"
+            )
+        rs = ro["resplits"]
+        if rs["splits"]:
+            fr = rs["false_rollback_rate"]
+            lines.append(
+                f"  re-splits: {rs['splits']}, capable-only {rs['capable_only']}, good {rs['good']}, "
+                f"false rollbacks {rs['false_rollbacks']}"
+                + (f" ({fr:.1%} +- {rs['standard_error']:.1%})" if fr is not None else "")
             )
     for n in report.get("notes", []):
         lines.append(f"note: {n}")

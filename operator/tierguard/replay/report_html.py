@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from ..reliability import reliability_section
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 
 CSS = """
@@ -437,6 +439,53 @@ def _drift_section(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _rollout_section(ro: dict[str, Any]) -> str:
+    cfg = ro["config"]
+    parts = [
+        "<h2>Rollout on test traffic</h2>",
+        f"<p class='muted'>The policy fitted on train rolled out against capable-only with the operator's "
+        f"decide(): {cfg['requests_per_interval']:,} replayed requests per analysis interval, shadow rate "
+        f"{_p(cfg['shadow_rate'], 0)}, steps {escape(str([s['weight'] for s in cfg['rollout']['steps']]))}. "
+        "QualitySLO: each cheaper tier's shadow disagreement, bounded from train (docs/guarantee.md).</p>",
+    ]
+    rows = []
+    for p in ro["policies"]:
+        if p.get("capable_only"):
+            rows.append([escape(p["policy"]), "capable-only", DASH, DASH, DASH, DASH])
+            continue
+        rows.append(
+            [
+                escape(p["policy"]),
+                f"{p['test_gap'] * 100:+.1f}",
+                f"{p['promoted']}/{p['runs']}",
+                f"{p['rolled_back']}/{p['runs']}"
+                + (
+                    f" (at {', '.join(str(w) for w in p['rolled_back_at_weights'])}%)"
+                    if p["rolled_back"]
+                    else ""
+                ),
+                DASH if p["median_requests_to_decision"] is None else f"{p['median_requests_to_decision']:,}",
+                ", ".join(f"{o['tier']} &le; {o['max']:.3f}" for o in p["slo"] if "tier" in o),
+            ]
+        )
+    parts.append(
+        _table(
+            ["policy", "test gap (points)", "promoted", "rolled back", "median requests to decision", "SLO"],
+            rows,
+        )
+    )
+    rs = ro["resplits"]
+    if rs["splits"]:
+        fr = rs["false_rollback_rate"]
+        parts.append(
+            f"<p>Exchangeable re-splits: {rs['splits']} refits, {rs['capable_only']} capable-only, "
+            f"{rs['good']} good policies (test gap within eps), {rs['false_rollbacks']} of them rolled back"
+            + (f" ({_p(fr)} &plusmn; {_p(rs['standard_error'])})" if fr is not None else "")
+            + ".</p>"
+        )
+    return "".join(parts)
+
+
 def render(report: dict[str, Any]) -> str:
     data = report["data"]
     fit = report["fit"]
@@ -542,8 +591,33 @@ def render(report: dict[str, Any]) -> str:
             )
             + ".</p>"
         )
+    guarantee = fit.get("guarantee")
+    if guarantee:
+        parts.append(f"<h2>Guarantee</h2><p>{escape(guarantee['statement'])}</p>")
+        parts.append(
+            f"<p class='muted'>Method: {escape(guarantee['method'])}; eps {guarantee['eps']:g}, "
+            f"delta {guarantee['delta']:g}, n {guarantee['n']}, data sha256 "
+            f"<code>{escape(guarantee['dataSha256'][:16])}</code>; {escape(guarantee['assumption'])}.</p>"
+        )
+    rel = report.get("reliability") or {}
+    names = [t["name"] for t in report["policy"]]
+    if rel.get("train_out_of_fold"):
+        parts.append(
+            reliability_section(rel["train_out_of_fold"], names, "Reliability on train (out-of-fold)")
+        )
+    if rel.get("test") and len(rel["test"]) == len(names):
+        parts.append(
+            reliability_section(
+                rel["test"],
+                names,
+                "Reliability on test",
+                "The policy's calibrated confidence (maps fitted on train)",
+            )
+        )
     if report.get("drift"):
         parts.append(_drift_section(report["drift"]))
+    if report.get("rollout"):
+        parts.append(_rollout_section(report["rollout"]))
     for note in report.get("notes", []):
         parts.append(f"<p class='muted'>Note: {escape(note)}</p>")
     parts.append(
