@@ -4,7 +4,8 @@ import random
 import pytest
 import yaml
 
-from test_replay import POLICY, REPO, SHARED, make_rows, tierguard, write_jsonl
+from needs import shared_data
+from test_replay import POLICY, REPO, make_rows, tierguard, write_jsonl
 from tierguard.calibrate import (
     SelectionObjective,
     calibrate,
@@ -175,13 +176,13 @@ def test_calibrate_command_errors(files):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
 def test_calibrate_on_shared_train_splits(tmp_path):
     # MMLU's shipped train split: at every threshold the cascade is below gpt-4o on train, so
     # nothing can be certified within 1 point: capable-only is proposed and nothing is written
+    shared = shared_data()
     out = tmp_path / "mmlu.yaml"
     proc = tierguard(
-        "calibrate", "--data", SHARED, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
+        "calibrate", "--data", shared, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
         "--benchmark", "mmlu", "--split", "train", "--out", out, check=False,
     )  # fmt: skip
     assert proc.returncode == 3, proc.stderr
@@ -190,14 +191,14 @@ def test_calibrate_on_shared_train_splits(tmp_path):
     # MedMCQA: a certified policy, with its guarantee recorded in the manifest
     out = tmp_path / "medmcqa.yaml"
     proc = tierguard(
-        "calibrate", "--data", SHARED, "--policy", REPO / "examples/replay/medmcqa-3tier.yaml",
+        "calibrate", "--data", shared, "--policy", REPO / "examples/replay/medmcqa-3tier.yaml",
         "--benchmark", "medmcqa", "--split", "train", "--out", out,
     )  # fmt: skip
     manifest = yaml.safe_load(out.read_text())
     record = json.loads(manifest["metadata"]["annotations"]["tierguard.io/guarantee"])
     assert record["certified"] and record["eps"] == 0.01 and record["delta"] == 0.1 and record["n"] == 300
     _, spec = load_policy_spec(out)
-    ds = load_dataset(SHARED, spec, benchmarks=["medmcqa"])
+    ds = load_dataset(shared, spec, benchmarks=["medmcqa"])
     train = ds.select(split="train")
     ev = evaluate(spec, train)
     base = capable_baseline(train)

@@ -29,13 +29,13 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from infra.kube import KubeApiError, KubeCluster
-from infra.ports import free_port
-from infra.process import ManagedProcess
 from tierguard.kube.client import KubeApi, load_api_client
 from tierguard.kube.handlers import Reconciler
 from tierguard.kube.main import metrics_observer
 from tierguard.kube.render import CONFIG_KEY, child_name
+from tierguard.localenv.kube import KubeApiError, KubeCluster
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess
 from tierguard.metrics.fake import FakeProvider
 from tierguard.metrics.provider import ProviderError
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
@@ -530,6 +530,13 @@ def test_proxy_pods_get_secrets_without_the_operator_reading_them(env: Env) -> N
         assert not _can(env.cluster, token, group="", resource="secrets", verb=verb, namespace=env.ns)
 
 
+# The bounds docs/operator.md states (its table quotes the measured figures beside them). Loose
+# against the measured ~0.2 s so a loaded CI machine passes, tight against the regressions that
+# matter: a reconcile that waits for a timer (the minute-long wake-up) or a retry back-off.
+RECONCILE_MEDIAN_BOUND_S = 1.0
+RECONCILE_MAX_BOUND_S = 3.0
+
+
 def test_reconcile_latency(env: Env) -> None:
     """From creating a policy to its status observed and its ConfigMap rendered, on a warm operator."""
     latencies = []
@@ -543,6 +550,8 @@ def test_reconcile_latency(env: Env) -> None:
     print(
         f"\nreconcile latency over {len(latencies)} new policies: median {latencies[2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
     )
+    assert latencies[2] < RECONCILE_MEDIAN_BOUND_S, latencies
+    assert latencies[-1] < RECONCILE_MAX_BOUND_S, latencies
 
 
 def test_holds_never_move_the_weight(env: Env) -> None:
