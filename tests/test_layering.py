@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "operator" / "tierguard"
-PURE = ["answers.py", "confidence.py", "cascade.py", "policy.py", "outcomes.py", "metric_names.py", "drift.py", "rollout"]
+PURE = ["answers.py", "confidence.py", "cascade.py", "policy.py", "outcomes.py", "metric_names.py", "drift.py", "gaptest.py", "guarantee.py", "rollout"]
 FORBIDDEN = (
     "aiohttp",
     "httpx",
