@@ -13,6 +13,7 @@ from tierguard.calibrate import (
     evaluate,
     fit_calibration,
     pav,
+    summary_lines,
 )
 from tierguard.confidence import CalibrationMap
 from tierguard.policy import TierConfidence, load_policy_spec
@@ -376,3 +377,77 @@ def test_equal_cost_label_says_when_costs_did_not_match():
     )
     label = equal_cost_label({"cost_matched": False, "cascade_cost": 1.0, "pre_route_cost": 0.63})
     assert label.startswith("NOT at equal cost") and "37% cheaper" in label
+
+
+# --- never a policy that loses money --------------------------------------------------------------
+
+
+def _three_tier_spec():
+    _, spec = load_policy_spec_text(
+        "tiers:\n"
+        + "\n".join(
+            f'  - {{name: t{i}, baseUrl: "http://127.0.0.1:{9100 + i}/v1", model: m{i}}}' for i in range(3)
+        )
+        + "\n"
+    )
+    return spec
+
+
+def test_a_tier_that_can_never_answer_is_dropped_from_the_written_policy(tmp_path):
+    """--target-cost: the middle tier (cheap, but mostly wrong) only lowers accuracy: its threshold is 'never': it is
+    left out of the policy (not called, not paid) and of the written manifest."""
+    from tierguard.calibrate import can_accept, project, write_policy
+
+    rng = random.Random(4)
+    rows = []
+    for _ in range(600):
+        raw0 = rng.random()
+        ok0 = raw0 >= 0.5 or rng.random() < 0.2
+        rows.append(Row("q", "b", "train", "c", "p", (raw0, rng.random(), 0.9), (ok0, rng.random() < 0.3, True),
+                        (1.0, 0.5, 10.0), ("A",) * 3))  # fmt: skip
+    spec = _three_tier_spec()
+    cal = calibrate(spec, rows, SelectionObjective(max_accuracy_drop=None, target_cost=0.8))
+    assert cal.dropped == ["t1"] and [t.name for t in cal.spec.tiers] == ["t0", "t2"]
+    assert all(can_accept(cal.spec, i) for i in range(2))
+    ev = evaluate(cal.spec, project(rows, [0, 2]))
+    assert ev.cost == cal.chosen.cost and ev.cost <= 0.8 * capable_baseline(rows).cost
+    src = tmp_path / "p.yaml"
+    src.write_text(
+        "apiVersion: tierguard.io/v1alpha1\nkind: CascadePolicy\nmetadata: {name: x}\nspec:\n  tiers:\n"
+        + "".join(
+            f"  - {{name: t{i}, baseUrl: 'http://127.0.0.1:{9100 + i}/v1', model: m{i}}}\n" for i in range(3)
+        )
+    )
+    out = tmp_path / "out.yaml"
+    write_policy(str(src), cal.spec, str(out), "header")
+    assert [t["name"] for t in yaml.safe_load(out.read_text())["spec"]["tiers"]] == ["t0", "t2"]
+    lines = "\n".join(summary_lines(cal, ["t0", "t1", "t2"], ["m0", "m1", "m2"]))
+    assert "dropped tier t1: its threshold can never be reached" in lines
+    assert "guarantee: none" in lines
+
+
+def test_nothing_certifiable_proposes_capable_only_and_writes_nothing(tmp_path):
+    rows = make_rows(300, seed=2, split="train")
+    for r in rows:  # the small model is always wrong, yet confident
+        r["models"]["small-model"].update(correct=False, conf_logprob=0.0)
+        r["models"]["medium-model"].update(correct=False, conf_logprob=0.0)
+    data = write_jsonl(tmp_path / "o.jsonl", rows)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    out = tmp_path / "x.yaml"
+    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--out", out, check=False)
+    assert proc.returncode == 3 and not out.exists()
+    assert "proposal: capable-only" in proc.stdout and "No cheaper tier could be certified" in proc.stdout
+    assert "serve the capable tier alone" in proc.stderr
+
+
+def test_negative_train_savings_are_warned_about():
+    rng = random.Random(6)
+    rows = []
+    for _ in range(400):
+        raw = rng.random()
+        rows.append(Row("q", "b", "train", "c", "p", (raw, 0.9), (raw >= 0.3, rng.random() < 0.7), (8.0, 10.0),
+                        ("A", "A")))  # fmt: skip
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=None, target_cost=2.0))
+    assert cal.savings < 0
+    assert any("more than the capable tier" in w and "negative savings" in w for w in cal.warnings)
