@@ -315,7 +315,9 @@ def test_replay_on_shared_data_mmlu_three_tiers(tmp_path):
     assert report["train_rows"] == 285 and report["test_rows"] == 1531
     by = {s["strategy"]: s for s in report["strategies"]}
     assert by["capable-only"]["accuracy"] == pytest.approx(0.836, abs=0.001)  # gpt-4o on mmlu/test
-    # thresholds fitted on train only; the numbers recorded in BENCHMARKS.md
-    assert by["cascade"]["savings_vs_capable"] >= 0.45
-    assert by["cascade"]["accuracy"] >= by["capable-only"]["accuracy"] - 0.01
-    assert report["equal_cost"]["accuracy_gap"] > 0
+    # fitted on train only: on MMLU's 285 train rows nothing cheaper is certified within 1 point
+    # (BENCHMARKS.md), so the cascade is the capable tier alone: no saving, no loss
+    assert report["fit"]["capable_only"] is True
+    assert report["fit"]["guarantee"]["certified"] is False and report["fit"]["guarantee"]["n"] == 285
+    assert by["cascade"]["savings_vs_capable"] == 0.0
+    assert by["cascade"]["accuracy"] == by["capable-only"]["accuracy"]
