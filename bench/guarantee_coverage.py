@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(BENCH))
 
 from benchlib import DEFAULT_DATA, BenchError, machine_info, run_main  # noqa: E402
-from tierguard.calibrate import SelectionObjective, calibrate, evaluate  # noqa: E402
+from tierguard.calibration import SelectionObjective, calibrate, evaluate  # noqa: E402
+from tierguard.outcomes import Row, load_dataset  # noqa: E402
 from tierguard.policy import load_policy_spec  # noqa: E402
-from tierguard.replay.data import Row, load_dataset  # noqa: E402
 
 CONFIGS = (
     ("MMLU gpt-4o-mini -> gpt-4o", "mmlu-2tier", "mmlu"),
@@ -55,7 +55,7 @@ def gap(rows: list[Row], answered: list[int]) -> float:
 def one_split(
     spec: Any, train: list[Row], test: list[Row], pool: list[Row], eps: float, delta: float
 ) -> dict[str, Any]:
-    from tierguard.calibrate import project
+    from tierguard.calibration import project
     from tierguard.cascade import route
 
     cal = calibrate(spec, train, SelectionObjective(max_accuracy_drop=eps, delta=delta))

@@ -6,18 +6,18 @@ import yaml
 
 from needs import shared_data
 from test_replay import POLICY, REPO, make_rows, tierguard, write_jsonl
-from tierguard.calibrate import (
+from tierguard.calibrate import summary_lines
+from tierguard.calibration import (
     SelectionObjective,
     calibrate,
     capable_baseline,
     evaluate,
     fit_calibration,
     pav,
-    summary_lines,
 )
 from tierguard.confidence import CalibrationMap
+from tierguard.outcomes import Row, load_dataset
 from tierguard.policy import TierConfidence, load_policy_spec
-from tierguard.replay.data import Row, load_dataset
 
 
 def test_pav_is_monotone_and_pools_ties():
@@ -226,7 +226,7 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
     assert 0 < len(cal.results) < 4000  # not the exhaustive product
     assert cal.certificate is None  # a target cost comes with no guarantee
     kept = [int(t.name[1:]) for t in cal.spec.tiers]
-    from tierguard.calibrate import project
+    from tierguard.calibration import project
 
     ev = evaluate(cal.spec, project(rows, kept))
     base = capable_baseline(rows)
@@ -237,7 +237,7 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
 
 
 def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it():
-    from tierguard.calibrate import reached_confidences, with_confidence
+    from tierguard.calibration import reached_confidences, with_confidence
     from tierguard.cascade import route
     from tierguard.drift import reference_fractions
 
@@ -396,7 +396,8 @@ def _three_tier_spec():
 def test_a_tier_that_can_never_answer_is_dropped_from_the_written_policy(tmp_path):
     """--target-cost: the middle tier (cheap, but mostly wrong) only lowers accuracy: its threshold is 'never': it is
     left out of the policy (not called, not paid) and of the written manifest."""
-    from tierguard.calibrate import can_accept, project, write_policy
+    from tierguard.calibrate import write_policy
+    from tierguard.calibration import can_accept, project
 
     rng = random.Random(4)
     rows = []

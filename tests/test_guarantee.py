@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tierguard.calibrate import SelectionObjective, calibrate, capable_baseline, evaluate
+from tierguard.calibration import SelectionObjective, calibrate, capable_baseline, evaluate
 from tierguard.cascade import route
 from tierguard.confidence import CalibrationMap
 from tierguard.gaptest import binom_cdf, binom_sf, binom_upper, gap_p_value, signed_root
@@ -156,8 +156,8 @@ def test_calibrate_writes_the_certified_policy():
     import tempfile
     from pathlib import Path
 
+    from tierguard.outcomes import Row as DataRow
     from tierguard.policy import load_policy_spec
-    from tierguard.replay.data import Row as DataRow
 
     rng = random.Random(5)
     rows = [

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from test_replay import POLICY, make_rows, tierguard, write_jsonl
+from tierguard.outcomes import Row
 from tierguard.policy import parse_policy_spec
-from tierguard.replay.data import Row
 from tierguard.replay.rollout_sim import disagreement_slo, simulate
 
 SPEC = parse_policy_spec(

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from .calibration import fit_calibration
 from .confidence import CalibrationMap
+from .svgplot import PALETTE, Series, scatter_chart
 
 BINS = 10
 FOLDS = 5
@@ -69,8 +71,6 @@ def cross_fitted(
     raw: Sequence[float], correct: Sequence[bool], *, folds: int = FOLDS, seed: int = 0
 ) -> list[float]:
     """Each value's calibrated confidence from a map fitted without its fold."""
-    from .calibrate import fit_calibration  # the fitting code, imported late (calibrate imports us)
-
     idx = list(range(len(raw)))
     random.Random(seed).shuffle(idx)
     fold_of = {j: k % folds for k, j in enumerate(idx)}
@@ -117,8 +117,6 @@ def reliability_section(
     note: str = "",
 ) -> str:
     """HTML: a reliability diagram per tier and an ECE table."""
-    from .replay.report_html import PALETTE, Series, scatter_chart
-
     rels = [
         Reliability(r["tier"], r["n"], r["ece"], tuple(Bin(**b) for b in r["bins"]))
         if isinstance(r, dict)

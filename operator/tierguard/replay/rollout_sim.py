@@ -29,12 +29,12 @@ from typing import Any
 from ..cascade import route
 from ..gaptest import binom_sf
 from ..metrics.fake import FakeProvider
+from ..outcomes import Row
 from ..policy import CascadePolicySpec, Objective, QualitySLOSpec, Revision, SLORef
 from ..rollout.analysis import observe
 from ..rollout.decide import Promote, Rollback, decide, interval_of, next_status, start_rollout
 from ..rollout.slo import QueryContext, config_current_query, objective_query, objective_tiers, samples_query
 from ..rollout.status import PolicyStatus
-from .data import Row
 
 SLO_NAME = "replay-quality"
 HEALTHY_QUANTILE = 0.01  # a healthy interval breaches with at most this probability at the first step
