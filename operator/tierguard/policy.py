@@ -6,6 +6,7 @@ accepted on input. ``crds/*.yaml`` is generated from these models (``tierguard c
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -491,10 +492,30 @@ def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     p = Path(path)
     data = load_yaml(p)
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
+        check_manifest_keys(data, str(p))
         return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(
             data.get("spec"), str(p)
         )
     return p.stem, parse_policy_spec(data, str(p))
+
+
+MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
+def check_manifest_keys(data: dict[str, Any], source: str) -> None:
+    """Unknown top-level fields of a manifest (e.g. ``metdata``) are an error, not carried along."""
+    unknown = [k for k in data if k not in MANIFEST_KEYS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), MANIFEST_KEYS, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PolicyError(
+            f"{source}: unknown top-level field {', '.join(hints)}; a CascadePolicy manifest has "
+            f"{', '.join(MANIFEST_KEYS)}"
+        )
+    if not isinstance(data.get("metadata", {}) or {}, dict):
+        raise PolicyError(f"{source}: metadata must be a mapping")
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
