@@ -113,17 +113,44 @@ class StreamState:
         return self.tokens_in, self.tokens_out or len(self.logprobs)
 
 
-class TierClient:
+ConnectionKey = tuple[str, str, str, int]
+
+
+def connection_key(tier: Tier) -> ConnectionKey:
+    """What makes two tiers the same upstream: endpoint, model, credentials source and concurrency
+    limit. Name, prices, timeout and confidence settings are not part of it, so a canary that only
+    moves a threshold shares its stable's connection (and ``maxConcurrency`` holds across both)."""
+    key_source = tier.api_key.model_dump_json() if tier.api_key is not None else ""
+    return (tier.base_url.rstrip("/"), tier.model, key_source, tier.max_concurrency)
+
+
+class TierConnection:
+    """One upstream endpoint: URL, credentials and the concurrency limit every revision using it shares."""
+
     def __init__(self, tier: Tier, session: aiohttp.ClientSession) -> None:
-        self.tier = tier
+        self.key = connection_key(tier)
         self.session = session
         self.url = tier.base_url.rstrip("/") + "/chat/completions"
         self.semaphore = asyncio.Semaphore(tier.max_concurrency)
-        self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
         key = resolve_api_key(tier)
         self.headers = {"Content-Type": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+
+
+class TierClient:
+    """One revision's tier (its name, prices, timeout) over a possibly shared :class:`TierConnection`."""
+
+    def __init__(
+        self, tier: Tier, session: aiohttp.ClientSession, connection: TierConnection | None = None
+    ) -> None:
+        self.tier = tier
+        self.connection = connection if connection is not None else TierConnection(tier, session)
+        self.session = self.connection.session
+        self.url = self.connection.url
+        self.semaphore = self.connection.semaphore
+        self.headers = self.connection.headers
+        self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
 
     def _payload(self, request: dict[str, Any], *, stream: bool, logprobs: bool) -> bytes:
         body = dict(request)

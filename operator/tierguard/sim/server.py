@@ -112,6 +112,7 @@ class Stats:
     stream_tokens_sent: int = 0
     cancelled_stream_tokens_sent: int = 0  # tokens written to streams the client then closed
     in_flight: int = 0
+    max_in_flight: int = 0  # the most chat requests open at once since the last reset
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -124,7 +125,7 @@ class Stats:
         in_flight = self.in_flight
         for f in fields(self):
             setattr(self, f.name, {} if f.name == "by_kind" else 0)
-        self.in_flight = in_flight
+        self.in_flight = self.max_in_flight = in_flight
 
 
 # --- request parsing ---------------------------------------------------------------------------
@@ -484,6 +485,7 @@ class Simulator:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             return await self._chat(request)
         finally:
