@@ -51,7 +51,7 @@ def shared_data() -> Path:
 
 def prometheus() -> Path:
     """The Prometheus server binary, or skip (locally) / fail (CI)."""
-    from infra.binaries import MissingBinaryError, prometheus_binary
+    from tierguard.localenv.binaries import MissingBinaryError, prometheus_binary
 
     try:
         return prometheus_binary()

@@ -36,7 +36,6 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.kube import KubeCluster
 from needs import shared_data_path
 from procs import RunningProcess, start_proxy, start_sim, write_outcomes
 from test_operator_k8s import (
@@ -56,6 +55,7 @@ from test_operator_k8s import (
     until,
 )
 from tierguard.kube.render import CONFIG_KEY, child_name
+from tierguard.localenv.kube import KubeCluster
 from tierguard.policy import RolloutSpec
 from tierguard.rollout.decide import time_to_rollback
 

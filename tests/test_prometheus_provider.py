@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.ports import free_port
-from infra.prometheus import PrometheusServer
 from needs import prometheus
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.prometheus import PrometheusServer
 from tierguard.metrics.prometheus import PrometheusProvider
 from tierguard.metrics.provider import MetricsProvider, ProviderError, QueryError
 from tierguard.policy import CascadePolicySpec, CascadeSpec, QualitySLOSpec, Revision, Tier

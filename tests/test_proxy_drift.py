@@ -348,7 +348,7 @@ def test_confidence_drift_objective_passes_then_breaches_through_prometheus(cali
     exported the gauge)."""
     from datetime import UTC, datetime
 
-    from infra.prometheus import PrometheusServer
+    from tierguard.localenv.prometheus import PrometheusServer
     from tierguard.metrics.prometheus import PrometheusProvider
     from tierguard.policy import QualitySLOSpec, SLORef, load_policy_spec, load_proxy_config
     from tierguard.rollout.analysis import observe
