@@ -127,12 +127,14 @@ def install_crds(cluster: KubeCluster) -> list[str]:
     return names
 
 
-def install_chart_rbac(cluster: KubeCluster, ns: str) -> Path:
-    """``helm install`` the chart (without CRDs) into ``ns``; a kubeconfig for its ServiceAccount."""
+def install_chart_rbac(cluster: KubeCluster, ns: str, *values: str) -> Path:
+    """``helm install`` the chart (without CRDs) into ``ns``; a kubeconfig for its ServiceAccount.
+    ``values`` are more ``--set`` values (``replicaCount=2``)."""
     cluster.create_namespace(ns)
+    sets = [arg for v in values for arg in ("--set", v)]
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", ns, "--skip-crds",
-        "--set", "prometheus.url=http://127.0.0.1:9", "--set", f"watch.namespace={ns}",
+        "--set", "prometheus.url=http://127.0.0.1:9", "--set", f"watch.namespace={ns}", *sets,
     )  # fmt: skip
     return cluster.kubeconfig_for_service_account(ns, SERVICE_ACCOUNT, create=False)
 
@@ -145,10 +147,17 @@ class OperatorProcess:
     """``tierguard operator`` in a subprocess, as the chart's ServiceAccount."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str, log_dir: Path, prometheus_url: str | None = None
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_dir: Path,
+        prometheus_url: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        label: str = "",
     ) -> None:
         self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
         self.prometheus_url = prometheus_url
+        self.extra_args, self.label = extra_args, label
         self.proc: ManagedProcess | None = None
         self.starts = 0
 
@@ -161,9 +170,13 @@ class OperatorProcess:
         ]  # fmt: skip
         if self.prometheus_url:
             args += ["--prometheus-url", self.prometheus_url]
+        args += self.extra_args
         env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
         self.proc = ManagedProcess(
-            "tierguard-operator", args, self.log_dir / f"operator-{self.namespace}-{self.starts}.log", env=env
+            "tierguard-operator",
+            args,
+            self.log_dir / f"operator{self.label}-{self.namespace}-{self.starts}.log",
+            env=env,
         ).start()
 
         def live() -> bool:
@@ -186,7 +199,7 @@ class OperatorProcess:
     def log(self) -> str:
         return "\n\n".join(
             p.read_text(errors="replace")
-            for p in sorted(self.log_dir.glob(f"operator-{self.namespace}-*.log"))
+            for p in sorted(self.log_dir.glob(f"operator{self.label}-{self.namespace}-*.log"))
         )
 
     def tail(self, n: int = 60) -> str:
