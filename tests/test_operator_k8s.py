@@ -655,6 +655,38 @@ def test_spec_changes_make_new_revisions_only_when_the_cascade_changes(env: Env)
     assert any(expected in e["message"] for e in new_revision_events)
 
 
+def test_risky_policy_is_flagged_then_cleared(env: Env) -> None:
+    """A cheap tier with threshold 0 and a first step of 100%: the policy works (children are
+    rendered) and says what is dangerous in the Risky condition and one Warning Event."""
+    obj = policy_manifest("risky", env.ns, steps=[{"weight": 100}], threshold=0.0)
+    created = env.create(obj)
+    st = env.wait_status("risky", lambda s: condition(s, "Risky").get("status") == "True", "Risky=True")
+    risky = condition(st, "Risky")
+    assert risky["reason"] == "CheapTierAcceptsEverything"
+    assert "'mini' accepts every answer" in risky["message"] and "100%" in risky["message"]
+    until(lambda: config_of(env.cluster, env.ns, "risky"), 30, "the children (flagged, not refused)")
+    uid = created["metadata"]["uid"]
+    warnings = until(
+        lambda: [e for e in events_of(env.cluster, env.ns, uid) if e["reason"] == "RiskyPolicy"],
+        30,
+        "an Event",
+    )
+    assert warnings[0]["type"] == "Warning" and len(warnings) == 1 and warnings[0].get("count", 1) == 1
+    merge_patch(
+        env.cluster,
+        policies_path(env.ns, "risky"),
+        {"spec": {"tiers": [{**TIERS[0], "confidence": {"threshold": 0.8}}, TIERS[1]],
+                  "rollout": {"steps": [{"weight": 5}, {"weight": 100}]}}},
+    )  # fmt: skip
+    st = env.wait_status("risky", lambda s: condition(s, "Risky").get("status") == "False", "Risky=False")
+    assert condition(st, "Risky")["reason"] == "NoKnownRisk"
+    until(
+        lambda: any(e["reason"] == "RiskCleared" for e in events_of(env.cluster, env.ns, uid)),
+        30,
+        "RiskCleared",
+    )
+
+
 def test_invalid_policy_is_ready_false_and_touches_nothing(env: Env) -> None:
     obj = policy_manifest("needs-slo", env.ns, slos=["not-there"])
     created = env.create(obj)

@@ -444,15 +444,23 @@ def load_proxy_config(path: str | Path) -> ProxyConfig:
     the latter two become a config whose stable revision is the policy's cascade.
     """
     p = Path(path)
+    return proxy_config_from_data(read_yaml(p), str(p))
+
+
+def read_yaml(p: Path) -> Any:
+    """One YAML (or JSON) document from a file; :class:`PolicyError` for anything unreadable."""
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8-sig")
     except OSError as err:
         raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise PolicyError(f"{p}: not UTF-8 text (byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise PolicyError(f"{p}: not valid YAML: {err}") from None
-    return proxy_config_from_data(data, str(p))
+    except RecursionError:
+        raise PolicyError(f"{p}: nested too deeply") from None
 
 
 def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
@@ -469,33 +477,33 @@ def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
         if api != f"{API_GROUP}/{API_VERSION}" or kind != "CascadePolicy":
             raise PolicyError(f"{source}: expected apiVersion {API_GROUP}/{API_VERSION}, kind CascadePolicy")
         meta = data.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise PolicyError(f"{source}: metadata must be a mapping")
         spec = parse_policy_spec(data.get("spec"), source)
-        name = str(meta.get("name", "local"))
-        namespace = str(meta.get("namespace", "default"))
+        name = str(meta.get("name") or "local")
+        namespace = str(meta.get("namespace") or "default")
     else:
         spec = parse_policy_spec(data, source)
         name, namespace = "local", "default"
-    return ProxyConfig(
-        policy=name,
-        namespace=namespace,
-        stable=Revision.of(spec.cascade()),
-        settings=ProxySettings.from_deployment(spec.proxy),
-    )
+    try:
+        return ProxyConfig(
+            policy=name,
+            namespace=namespace,
+            stable=Revision.of(spec.cascade()),
+            settings=ProxySettings.from_deployment(spec.proxy),
+        )
+    except ValidationError as err:
+        raise PolicyError(f"{source}: invalid policy:\n{_format_validation_error(err)}") from None
 
 
 def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     """Load a CascadePolicy (manifest or bare spec): (name, spec). Used by replay and calibrate."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{p}: not valid YAML: {err}") from None
+    data = read_yaml(p)
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
-        return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(
-            data.get("spec"), str(p)
-        )
+        meta = data.get("metadata")
+        name = meta.get("name", p.stem) if isinstance(meta, dict) else p.stem
+        return str(name), parse_policy_spec(data.get("spec"), str(p))
     return p.stem, parse_policy_spec(data, str(p))
 
 
