@@ -450,17 +450,24 @@ def load_proxy_config(path: str | Path) -> ProxyConfig:
 def read_yaml(p: Path) -> Any:
     """One YAML (or JSON) document from a file; :class:`PolicyError` for anything unreadable."""
     try:
-        text = p.read_bytes().decode("utf-8-sig")
+        raw = p.read_bytes()
     except OSError as err:
         raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
+    return parse_yaml(raw, str(p))
+
+
+def parse_yaml(raw: bytes, source: str) -> Any:
+    """One YAML (or JSON) document; :class:`PolicyError` for bytes that are not one."""
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise PolicyError(f"{p}: not UTF-8 text (byte {err.start})") from None
+        raise PolicyError(f"{source}: not UTF-8 text (byte {err.start})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise PolicyError(f"{p}: not valid YAML: {err}") from None
+        raise PolicyError(f"{source}: not valid YAML: {err}") from None
     except RecursionError:
-        raise PolicyError(f"{p}: nested too deeply") from None
+        raise PolicyError(f"{source}: nested too deeply") from None
 
 
 def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:

@@ -96,10 +96,12 @@ def run(args: argparse.Namespace) -> int:
     async def start_watcher(app: web.Application) -> None:
         def on_invalid(_msg: str) -> None:
             proxy.metrics.reloads.labels(proxy.metrics.policy, "invalid").inc()
+            proxy.metrics.config_rejected.set(1)
 
         def apply(config: object) -> None:
             proxy.apply(config)  # type: ignore[arg-type]
             proxy.metrics.reloads.labels(proxy.metrics.policy, "applied").inc()
+            proxy.metrics.config_rejected.set(0)
 
         app["watcher"] = asyncio.create_task(watch(path, digest, apply, on_invalid, args.reload_interval))
 

@@ -50,6 +50,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of requests answered 200 with a truncated, unusable body",
     )
     parser.add_argument(
+        "--stream-cut-rate",
+        type=float,
+        default=0.0,
+        help="share of streams whose connection is dropped halfway, without [DONE]",
+    )
+    parser.add_argument(
+        "--retry-after-s",
+        type=float,
+        default=0.0,
+        help="injected 429/503 errors carry this Retry-After (seconds; default none)",
+    )
+    parser.add_argument(
         "--hang-seconds", type=float, default=600.0, help="how long a hanging request sleeps before a 504"
     )
     parser.add_argument(
@@ -68,6 +80,8 @@ def _faults(args: argparse.Namespace) -> Faults:
         "error_status": args.error_status,
         "timeout_rate": args.timeout_rate,
         "malformed_rate": args.malformed_rate,
+        "stream_cut_rate": args.stream_cut_rate,
+        "retry_after_s": args.retry_after_s,
         "latency_scale": args.latency_scale,
         "extra_latency_ms": args.extra_latency_ms,
         "hang_seconds": args.hang_seconds,
