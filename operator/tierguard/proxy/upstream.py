@@ -133,6 +133,7 @@ class TierConnection:
         self.url = tier.base_url.rstrip("/") + "/chat/completions"
         self.semaphore = asyncio.Semaphore(tier.max_concurrency)
         key = resolve_api_key(tier)
+        self.api_key = key
         self.headers = {"Content-Type": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
@@ -177,7 +178,7 @@ class TierClient:
             except (TimeoutError, aiohttp.ClientError) as err:
                 raise _transport_failure(self.tier.name, err) from None
         latency = time.perf_counter() - start
-        _check_status(self.tier.name, status, raw)
+        _check_status(self.tier.name, status, raw, self.connection.api_key)
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
@@ -203,7 +204,7 @@ class TierClient:
                     self.url, data=data, headers=self.headers, timeout=self.timeout
                 ) as resp:
                     if resp.status != 200:
-                        _check_status(self.tier.name, resp.status, await resp.read())
+                        _check_status(self.tier.name, resp.status, await resp.read(), self.connection.api_key)
                     buf = b""
                     async for piece in resp.content.iter_any():
                         buf += piece
@@ -249,7 +250,12 @@ def _absorb(event: bytes, state: StreamState) -> bool:
     return False
 
 
-def _check_status(tier: str, status: int, raw: bytes) -> None:
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (an upstream may quote the API key it was sent in its error)."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _check_status(tier: str, status: int, raw: bytes, secret: str | None = None) -> None:
     if status == 200:
         return
     if status == 429:
@@ -262,7 +268,7 @@ def _check_status(tier: str, status: int, raw: bytes) -> None:
     try:
         err = json.loads(raw).get("error", {})
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message += f": {err['message'][:300]}"
+            message += f": {redact(err['message'], secret)[:300]}"
     except (ValueError, AttributeError):
         pass
     raise TierFailure(kind, message, status)

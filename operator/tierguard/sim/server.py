@@ -397,8 +397,11 @@ def injected_error(status: int, retry_after_s: float = 0.0) -> web.Response:
 
 
 class Simulator:
-    def __init__(self, data: SimData, faults: Faults | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, data: SimData, faults: Faults | None = None, seed: int | None = None, api_key: str | None = None
+    ) -> None:
         self.data = data
+        self.api_key = api_key  # when set, chat requests need "Authorization: Bearer <it>"
         self.model = data.model
         self.model_json = _dumps(data.model)
         self.faults = faults or Faults()
@@ -500,6 +503,16 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
+        if self.api_key is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if given != self.api_key:
+                stats.count("unauthorized")
+                # as OpenAI does, the refusal quotes the key it was given (here in full: the
+                # harshest case for a proxy that must not pass it on)
+                return error_response(
+                    401, f"Incorrect API key provided: {given or '(none)'}.", "invalid_request_error",
+                    None, "invalid_api_key",
+                )  # fmt: skip
         try:
             body = json.loads(await request.read())
         except ValueError:
