@@ -21,7 +21,8 @@ def test_every_command_module_is_complete(name):
 # Written out by hand, not derived from COMMANDS: a command dropped from (or added to) the table
 # must show up here as a failing test, and in the docs.
 DOCUMENTED = {
-    "operator", "proxy", "sim", "replay", "calibrate", "crds", "promote", "abort", "resume", "status", "demo",
+    "operator", "proxy", "sim", "replay", "calibrate", "crds", "promote", "abort", "resume", "status",
+    "demo",
 }  # fmt: skip
 
 

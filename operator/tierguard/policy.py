@@ -31,6 +31,7 @@ from pydantic.alias_generators import to_camel
 from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
 from .drift import CONFIDENCE_BINS, check_reference
+from .errors import PolicyError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CAPABLE_ONLY = "capable-only"
@@ -264,11 +265,10 @@ class SecretMount(Model):
     )
 
 
-class ProxyDeployment(Model):
-    replicas: int = Field(default=2, ge=1, le=100)
-    image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
-    port: int = Field(default=8080, ge=1, le=65535)
-    resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
+class ProxyBehaviour(Model):
+    """How the proxy treats requests: the settings a CascadePolicy's ``spec.proxy`` and a
+    ProxyConfig's ``settings`` share (:meth:`ProxySettings.from_deployment` carries them over)."""
+
     feedback_key: SecretSource | None = Field(default=None, description="HMAC key for signed response ids.")
     shadow_rate: float = Field(
         default=0.0,
@@ -281,6 +281,13 @@ class ProxyDeployment(Model):
         default=16, ge=1, le=10000, description="Concurrent shadow calls at most."
     )
     log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
+
+
+class ProxyDeployment(ProxyBehaviour):
+    replicas: int = Field(default=2, ge=1, le=100)
+    image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
+    port: int = Field(default=8080, ge=1, le=65535)
+    resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=100,
@@ -374,25 +381,16 @@ class Revision(Model):
         return cls(name=name, mode=mode, cascade=cascade)
 
 
-class ProxySettings(Model):
+class ProxySettings(ProxyBehaviour):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
     decision_log: str | None = Field(
         default="-", description="Path of the JSONL decision log; '-' is stdout."
     )
-    feedback_key: SecretSource | None = None
-    shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    shadow_max_in_flight: int = Field(default=16, ge=1, le=10000)
 
     @classmethod
     def from_deployment(cls, proxy: ProxyDeployment) -> ProxySettings:
         """The proxy settings a CascadePolicy's ``spec.proxy`` asks for."""
-        return cls(
-            feedback_key=proxy.feedback_key,
-            shadow_rate=proxy.shadow_rate,
-            shadow_max_in_flight=proxy.shadow_max_in_flight,
-            log_prompts=proxy.log_prompts,
-        )
+        return cls(**{name: getattr(proxy, name) for name in ProxyBehaviour.model_fields})
 
 
 class ProxyConfig(Model):
@@ -417,10 +415,6 @@ class ProxyConfig(Model):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message says what to fix."""
-
-
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -436,19 +430,25 @@ def parse_policy_spec(data: Any, source: str = "policy") -> CascadePolicySpec:
         raise PolicyError(f"{source}: invalid CascadePolicy spec:\n{_format_validation_error(err)}") from None
 
 
-def load_proxy_config(path: str | Path) -> ProxyConfig:
-    """Load a proxy config from YAML/JSON.
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parsed YAML (or JSON); PolicyError naming ``source`` when it is not valid (bytes that are not
+    UTF-8, too deeply nested, not YAML)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise PolicyError(f"{source}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply") from None
 
-    Accepts a ProxyConfig (``kind: ProxyConfig``), a CascadePolicy manifest
-    (``apiVersion: tierguard.io/v1alpha1``, ``kind: CascadePolicy``) or a bare CascadePolicy spec;
-    the latter two become a config whose stable revision is the policy's cascade.
-    """
+
+def load_yaml(path: str | Path) -> Any:
+    """A policy or config file's parsed YAML (or JSON); PolicyError when it cannot be read or parsed."""
     p = Path(path)
-    return proxy_config_from_data(read_yaml(p), str(p))
-
-
-def read_yaml(p: Path) -> Any:
-    """One YAML (or JSON) document from a file; :class:`PolicyError` for anything unreadable."""
     try:
         raw = p.read_bytes()
     except OSError as err:
@@ -456,18 +456,14 @@ def read_yaml(p: Path) -> Any:
     return parse_yaml(raw, str(p))
 
 
-def parse_yaml(raw: bytes, source: str) -> Any:
-    """One YAML (or JSON) document; :class:`PolicyError` for bytes that are not one."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise PolicyError(f"{source}: not UTF-8 text (byte {err.start})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{source}: not valid YAML: {err}") from None
-    except RecursionError:
-        raise PolicyError(f"{source}: nested too deeply") from None
+def load_proxy_config(path: str | Path) -> ProxyConfig:
+    """Load a proxy config from YAML/JSON.
+
+    Accepts a ProxyConfig (``kind: ProxyConfig``), a CascadePolicy manifest
+    (``apiVersion: tierguard.io/v1alpha1``, ``kind: CascadePolicy``) or a bare CascadePolicy spec;
+    the latter two become a config whose stable revision is the policy's cascade.
+    """
+    return proxy_config_from_data(load_yaml(path), str(path))
 
 
 def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
@@ -506,7 +502,7 @@ def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
 def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     """Load a CascadePolicy (manifest or bare spec): (name, spec). Used by replay and calibrate."""
     p = Path(path)
-    data = read_yaml(p)
+    data = load_yaml(p)
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
         meta = data.get("metadata")
         name = meta.get("name", p.stem) if isinstance(meta, dict) else p.stem
