@@ -20,10 +20,11 @@ class TierFailure(Exception):
     """A tier call that produced no usable answer. ``status`` is what the client should see if
     this was the last tier."""
 
-    def __init__(self, kind: str, message: str, status: int) -> None:
+    def __init__(self, kind: str, message: str, status: int, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | client_error | malformed
         self.status = status
+        self.retry_after = retry_after  # the tier's Retry-After (429/503), passed on by the last tier
         self.latency_s = 0.0  # how long the call ran before it failed, where the caller timed it
 
 
@@ -185,10 +186,11 @@ class TierClient:
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
+                    retry_after = resp.headers.get("Retry-After") if status != 200 else None
             except (TimeoutError, aiohttp.ClientError) as err:
                 raise _transport_failure(self.tier.name, err) from None
         latency = time.perf_counter() - start
-        _check_status(self.tier.name, status, raw, self.connection.api_key)
+        _check_status(self.tier.name, status, raw, self.connection.api_key, retry_after)
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
@@ -214,7 +216,9 @@ class TierClient:
                     self.url, data=data, headers=self.headers, timeout=self.timeout
                 ) as resp:
                     if resp.status != 200:
-                        _check_status(self.tier.name, resp.status, await resp.read(), self.connection.api_key)
+                        raw = await resp.read()
+                        retry_after = resp.headers.get("Retry-After")
+                        _check_status(self.tier.name, resp.status, raw, self.connection.api_key, retry_after)
                     buf = b""
                     async for piece in resp.content.iter_any():
                         buf += piece
@@ -265,11 +269,15 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
-def _check_status(tier: str, status: int, raw: bytes, secret: str | None = None) -> None:
+def _check_status(
+    tier: str, status: int, raw: bytes, secret: str | None = None, retry_after: str | None = None
+) -> None:
     if status == 200:
         return
     if status == 429:
-        raise TierFailure("http_429", f"tier {tier} is rate limited", 429)
+        # Retry-After is kept when it is what RFC 9110 allows (seconds or an HTTP date), short
+        wait = retry_after.strip() if retry_after and len(retry_after) <= 64 else None
+        raise TierFailure("http_429", f"tier {tier} is rate limited", 429, wait if wait else None)
     kind = "client_error" if status in CLIENT_FAULT_STATUSES else "http_4xx"
     if status >= 500:
         raise TierFailure("http_5xx", f"tier {tier} failed with HTTP {status}", 502)
