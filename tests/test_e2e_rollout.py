@@ -27,11 +27,11 @@ import random
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -157,11 +157,22 @@ class ConfigSync(threading.Thread):
             self.stop_event.wait(0.2)
 
 
+class Endpoint(Protocol):
+    """Where a proxy listens: a local process, a pod or a Service."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def base(self) -> str: ...
+
+
 class Load(threading.Thread):
     """Chat completions at about ``rps`` requests per second, spread over the proxies."""
 
     def __init__(
-        self, proxies: list[RunningProcess], prompts: list[tuple[str | None, str]], rps: float
+        self, proxies: Sequence[Endpoint], prompts: list[tuple[str | None, str]], rps: float
     ) -> None:
         super().__init__(daemon=True, name="load")
         self.proxies, self.prompts, self.rps = proxies, prompts, rps
@@ -231,7 +242,7 @@ class StatusLog(threading.Thread):
         return out
 
 
-def proxy_canary_weight(proxy: RunningProcess, policy: str) -> float | None:
+def proxy_canary_weight(proxy: Endpoint, policy: str) -> float | None:
     with urllib.request.urlopen(f"{proxy.base}/metrics", timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
@@ -240,7 +251,7 @@ def proxy_canary_weight(proxy: RunningProcess, policy: str) -> float | None:
     return None
 
 
-def proxy_config_hash(proxy: RunningProcess) -> str | None:
+def proxy_config_hash(proxy: Endpoint) -> str | None:
     with urllib.request.urlopen(f"{proxy.base}/metrics", timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
@@ -389,16 +400,21 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, prometheus_session_factory: An
         cluster.stop()
 
 
+def run_cleanups(cleanups: list[Any]) -> None:
+    """Call every cleanup, newest first, ignoring their errors; empty the list."""
+    for fn in reversed(cleanups):
+        with contextlib.suppress(Exception):
+            fn()
+    cleanups.clear()
+
+
 @pytest.fixture
 def env(e2e: E2E) -> Iterator[E2E]:
     """The module's environment; what a test launched (proxies, load, sync) is stopped after it."""
     try:
         yield e2e
     finally:
-        for fn in reversed(e2e.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
-        e2e.cleanups.clear()
+        run_cleanups(e2e.cleanups)
 
 
 # --------------------------------------------------------------------------- tests
