@@ -192,6 +192,13 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
             str(px.port),
         ],
         "ports": [{"name": "http", "containerPort": px.port, "protocol": "TCP"}],
+        # Liveness only counts once the proxy has started: on a busy node its start-up (imports,
+        # tier clients) took over 30 s, and the liveness probe alone then restarted it in a loop.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 90,
+        },
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
