@@ -512,7 +512,7 @@ def test_breach_rolls_back_within_the_stated_time(env: E2E) -> None:
 
 def test_api_calls_per_analysis_interval_and_a_promotion_at_an_indefinite_pause(env: E2E) -> None:
     e2e = env
-    steps = [{"weight": 10, "pause": "indefinite"}, {"weight": 100}]
+    steps: list[dict[str, Any]] = [{"weight": 10, "pause": "indefinite"}, {"weight": 100}]
     e2e.launch(e2e.policy("paused", steps=steps))
     st = until(
         lambda: (

@@ -514,8 +514,26 @@ def _abort(
         }
         for pod in ready_pods(e.node, selector_labels(name)):
             merge_patch(e.node.cluster, f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}", stamp)
-    until(lambda: all(proxy_canary_weight(p, name) == 0 for p in proxies), 180, "every pod at weight 0")
+    until(lambda: all(_weight(p, name) == 0 for p in proxies), 180, "every pod at weight 0")
     return t_cm - t0, time.monotonic() - t0
+
+
+def _weight(proxy: Addr, policy: str) -> float | None:
+    """The pod's served canary weight; None while it does not answer (it is then reported by
+    _restarts, not hidden: a restarted container reads the current ConfigMap)."""
+    try:
+        return proxy_canary_weight(proxy, policy)
+    except OSError:
+        return None
+
+
+def _restarts(e: PodEnv, policy: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pod in pods(e.node, selector_labels(policy)):
+        for cs in pod.get("status", {}).get("containerStatuses", []):
+            last = cs.get("lastState", {}).get("terminated", {})
+            out[pod["metadata"]["name"]] = [cs["restartCount"], last.get("reason")]
+    return out
 
 
 def test_config_map_propagation_mounted_file_vs_pod_nudge(penv: PodEnv) -> None:
@@ -524,6 +542,7 @@ def test_config_map_propagation_mounted_file_vs_pod_nudge(penv: PodEnv) -> None:
     kubelet resync the pod at once."""
     e = penv
     results: dict[str, tuple[float, float]] = {}
+    restarts: dict[str, dict[str, Any]] = {}
     original = e.node.sync_frequency
     try:
         for sync_frequency in (original, "1m"):
@@ -533,11 +552,13 @@ def test_config_map_propagation_mounted_file_vs_pod_nudge(penv: PodEnv) -> None:
                 name = f"cm-{sync_frequency.replace('s', '')}-{'nudge' if nudge else 'file'}"
                 proxies, sync = _paused_at_50(e, name)
                 results[name] = _abort(e, name, proxies, sync, nudge=nudge)
+                restarts[name] = _restarts(e, name)
     finally:
         if e.node.sync_frequency != original:
             e.node.restart_kubelet(original)
     print("\n[node e2e] abort -> (ConfigMap weight 0, every proxy pod at weight 0) seconds: "
-          + json.dumps({k: [round(a, 1), round(b, 1)] for k, (a, b) in results.items()}))  # fmt: skip
+          + json.dumps({k: [round(a, 1), round(b, 1)] for k, (a, b) in results.items()})
+          + f"; proxy container restarts [count, last reason]: {json.dumps(restarts)}")  # fmt: skip
     # the nudge does not wait for the periodic sync: well under a minute even with the default
     assert results["cm-1m-nudge"][1] < 20, results
 
