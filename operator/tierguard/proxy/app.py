@@ -60,6 +60,8 @@ class ProxyApp:
         self._initial = config
         self.runtime: Runtime | None = None
         self.config_error: str | None = None  # the last rejected reload, until a good one applies
+        # set on SIGTERM with a drain period: not ready, and every response closes its connection
+        self.draining = False
         self.app = web.Application(client_max_size=config.settings.max_body_bytes)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/chat/completions", self.chat)
@@ -70,6 +72,7 @@ class ProxyApp:
         self.app.router.add_get("/metrics", self.metrics_endpoint)
         self.app.on_startup.append(self._startup)
         self.app.on_cleanup.append(self._cleanup)
+        self.app.on_response_prepare.append(self._close_when_draining)
 
     @property
     def decision_log(self) -> DecisionLog:
@@ -137,8 +140,17 @@ class ProxyApp:
     async def healthz(self, _req: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _close_when_draining(self, _req: web.Request, resp: web.StreamResponse) -> None:
+        """While draining, answer with ``Connection: close``: a keep-alive client (whose
+        connection the Service's NAT keeps on this pod) reconnects, to a replica that stays."""
+        if self.draining:
+            resp.force_close()  # the server closes the connection after this response
+            resp.headers["Connection"] = "close"  # and says so (the hook runs after aiohttp's headers)
+
     async def readyz(self, _req: web.Request) -> web.Response:
         rt = self.runtime
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
         if rt is None:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response(
