@@ -13,7 +13,19 @@ from typing import Literal
 from .confidence import aggregate, best_case
 from .policy import CascadeSpec
 
-Reason = Literal["accepted", "low_confidence", "tier_error", "early_abort", "last_tier", "capable_only"]
+Reason = Literal[
+    "accepted",
+    "low_confidence",
+    "no_confidence",
+    "tier_error",
+    "early_abort",
+    "last_tier",
+    "capable_only",
+    "invalid_tool_call",
+    "tool_call_rule",
+    "invalid_structured_output",
+]
+AnswerKind = Literal["text", "tool_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,40 @@ def judge(spec: CascadeSpec, tier: int, raw: float | None, *, error: bool = Fals
     if calibrated is not None and calibrated >= conf_spec.threshold:
         return Judgement(tier, True, "accepted", raw, calibrated)
     return Judgement(tier, False, "low_confidence", raw, calibrated)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCheck:
+    """What the proxy found in an answer before its confidence: its kind, the tool-call method the
+    tier uses, and a problem that rules the answer out (invalid call or structured output)."""
+
+    kind: AnswerKind = "text"
+    method: str = "logprob"
+    tool_call_problem: str | None = None
+    structured_problem: str | None = None
+
+
+def judge_answer(spec: CascadeSpec, tier: int, raw: float | None, check: AnswerCheck) -> Judgement:
+    """:func:`judge` for an answer that may be a tool call or a structured output.
+
+    A non-last tier's invalid tool call or structured output escalates with its own reason, as
+    does a tool call under the ``escalate`` rule (``tool_call_rule``) or with no confidence
+    (``no_confidence``); everything else is :func:`judge` on ``raw``.
+    """
+    j = judge(spec, tier, raw)
+    if j.reason == "last_tier":
+        return j
+    if check.tool_call_problem is not None:
+        return Judgement(tier, False, "invalid_tool_call", raw, j.confidence)
+    if check.structured_problem is not None:
+        return Judgement(tier, False, "invalid_structured_output", raw, j.confidence)
+    if j.accepted:
+        return j
+    if check.kind == "tool_call" and check.method == "escalate":
+        return Judgement(tier, False, "tool_call_rule", raw, j.confidence)
+    if raw is None and check.kind == "tool_call":
+        return Judgement(tier, False, "no_confidence", raw, j.confidence)
+    return j
 
 
 def acceptance_impossible(
