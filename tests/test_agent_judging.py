@@ -18,6 +18,7 @@ from tierguard.toolcalls import (
     unknown_tool,
     verification_messages,
 )
+from tierguard.workload import TICKET_FORMAT as SCHEMA_FORMAT
 
 ORDER_TOOL = {
     "type": "function",
@@ -167,21 +168,6 @@ def test_verification_messages_show_tools_conversation_and_call():
     assert '{"arguments":{"order_id":"A1234"},"name":"lookup_order"}' in last["content"]
     assert '"pattern":"^A[0-9]{4}$"' in last["content"]  # the tool's schema is shown
     assert last["content"].endswith("Answer with a single letter: Y or N.")
-
-
-SCHEMA_FORMAT = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "ticket",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {"priority": {"enum": ["low", "high"]}, "summary": {"type": "string"}},
-            "required": ["priority", "summary"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 
 @pytest.mark.parametrize(

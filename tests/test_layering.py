@@ -13,8 +13,18 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "operator" / "tierguard"
 PURE = [
-    "answers.py", "confidence.py", "cascade.py", "policy.py", "outcomes.py", "metric_names.py", "drift.py",
-    "rollout", "affinity.py", "jsonschemas.py", "structured.py", "toolcalls.py",
+    "answers.py",
+    "confidence.py",
+    "cascade.py",
+    "policy.py",
+    "outcomes.py",
+    "metric_names.py",
+    "drift.py",
+    "rollout",
+    "affinity.py",
+    "jsonschemas.py",
+    "structured.py",
+    "toolcalls.py",
 ]
 FORBIDDEN = (
     "aiohttp",

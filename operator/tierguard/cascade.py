@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .confidence import aggregate, best_case
 from .policy import CascadeSpec
+from .structured import structured_output_problem
+from .toolcalls import ToolCall, ToolCallMethod, tool_call_problem, tool_call_raw
 
 Reason = Literal[
     "accepted",
@@ -68,7 +70,7 @@ class AnswerCheck:
     tier uses, and a problem that rules the answer out (invalid call or structured output)."""
 
     kind: AnswerKind = "text"
-    method: str = "logprob"
+    method: ToolCallMethod = "escalate"
     tool_call_problem: str | None = None
     structured_problem: str | None = None
 
@@ -94,6 +96,29 @@ def judge_answer(spec: CascadeSpec, tier: int, raw: float | None, check: AnswerC
     if raw is None and check.kind == "tool_call":
         return Judgement(tier, False, "no_confidence", raw, j.confidence)
     return j
+
+
+def check_answer(
+    spec: CascadeSpec, tier: int, calls: Sequence[ToolCall], text: str, request: dict[str, Any]
+) -> AnswerCheck:
+    """Inspect one answer (its tool calls, else its text) against the request's ``tools`` and
+    ``response_format``: the same check for live answers (proxy) and recorded ones (replay)."""
+    method = spec.tiers[tier].confidence.tool_call_method
+    if calls:
+        return AnswerCheck(
+            "tool_call", method, tool_call_problem=tool_call_problem(calls, request.get("tools"))
+        )
+    return AnswerCheck(
+        "text", method, structured_problem=structured_output_problem(text, request.get("response_format"))
+    )
+
+
+def effective_raw(check: AnswerCheck, measured: float | None) -> float | None:
+    """The raw confidence :func:`route` must see so that it decides as :func:`judge_answer` does:
+    none for a ruled-out answer, the tool-call method's value for a call."""
+    if check.kind == "tool_call":
+        return tool_call_raw(check.method, measured, check.tool_call_problem)
+    return None if check.structured_problem is not None else measured
 
 
 def acceptance_impossible(

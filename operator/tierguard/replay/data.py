@@ -2,7 +2,10 @@
 
 A tier's raw confidence comes from :func:`tierguard.cascade.raw_confidence` on the recorded
 log-probability (one answer token: ``exp(conf_logprob)``), so replay sees exactly the number the
-proxy would compute. A row whose tier model is missing, or lacks ``correct``, or has no cost
+proxy would compute. A tool-call answer gets the raw confidence its tier's ``toolCalls`` method gives
+(:func:`tierguard.cascade.effective_raw`: none under ``escalate`` or when the call is invalid for the
+row's ``tools``, 1.0 under ``accept``, the recorded one otherwise); an answer that breaks the row's
+``response_format`` has none. A row whose tier model is missing, or lacks ``correct``, or has no cost
 (neither ``cost_usd`` nor tokens with tier prices) cannot be scored: it is skipped and counted
 with its reason, never dropped silently.
 """
@@ -15,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cascade import raw_confidence
+from ..cascade import check_answer, effective_raw, raw_confidence
 from ..outcomes import OutcomeFormatError, OutcomeRecord, load_outcomes
 from ..policy import CascadeSpec, Tier
+from ..toolcalls import ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,8 @@ def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
     correct: list[bool] = []
     costs: list[float] = []
     answers: list[str] = []
-    for tier in spec.tiers:
+    request = {"tools": record.tools, "response_format": record.response_format}
+    for i, tier in enumerate(spec.tiers):
         out = record.models.get(tier.model)
         if out is None:
             return f"model {tier.model} missing"
@@ -92,10 +97,13 @@ def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
         cost = _cost(tier, out.cost_usd, out.tokens_in, out.tokens_out)
         if cost is None:
             return f"model {tier.model}: no cost_usd (and no tokens with tier prices)"
-        raws.append(None if out.conf_logprob is None else raw_confidence(spec, [out.conf_logprob]))
+        measured = None if out.conf_logprob is None else raw_confidence(spec, [out.conf_logprob])
+        calls = [ToolCall("", c.name, c.arguments) for c in out.tool_calls or ()]
+        # a tool call or a structured output is judged as the proxy judges it (tierguard.cascade)
+        raws.append(effective_raw(check_answer(spec, i, calls, out.answer, request), measured))
         correct.append(out.correct)
         costs.append(cost)
-        answers.append(out.answer)
+        answers.append(out.as_text())
     return Row(
         qid=record.qid,
         benchmark=record.benchmark,

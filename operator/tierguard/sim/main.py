@@ -58,6 +58,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.3,
         help="streaming: share of the latency before the first token (default 0.3)",
     )
+    parser.add_argument(
+        "--tool-call-logprobs",
+        action="store_true",
+        help="serve logprobs for tool-call tokens as vLLM does (OpenAI returns none; default off)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault injection (default: random)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     faults = _faults(args)
     data = load(args.data, args.model)
-    sim = Simulator(data, faults, args.seed)
+    sim = Simulator(data, faults, args.seed, tool_call_logprobs=args.tool_call_logprobs)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
