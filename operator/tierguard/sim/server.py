@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..agent_requests import json_type_name as _type_name
 from .data import Reply, SimData, estimate_tokens, unknown_reply
 
 log = logging.getLogger("tierguard.sim")
@@ -155,20 +156,6 @@ class ChatRequest:
     top_logprobs: int
     max_tokens: int | None
     messages: list[Any]
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    return "an object"
 
 
 def _text(content: Any, param: str) -> str:
