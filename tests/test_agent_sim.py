@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from procs import start_sim, write_outcomes
+from procs import child_env, start_sim, write_outcomes
 from tierguard.cascade import check_answer
 from tierguard.confidence import aggregate
 from tierguard.outcomes import OutcomeRecord, conversation_key, load_outcomes
@@ -262,7 +262,7 @@ def test_replay_judges_recorded_tool_calls_by_the_tiers_method():
 
 def test_workload_command_writes_the_file(tmp_path):
     out = tmp_path / "w.jsonl"
-    env = {"PYTHONPATH": str(REPO / "operator")}
+    env = child_env()
     proc = subprocess.run(
         [
             sys.executable,

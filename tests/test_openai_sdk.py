@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import pytest
 from pydantic import BaseModel
@@ -25,8 +24,9 @@ from agent_data import (
     agent_proxy,
     agent_sims,
 )
+from needs import in_ci
 
-if os.environ.get("CI") == "true":
+if in_ci():
     import openai  # in CI a missing SDK fails instead of skipping
 else:
     openai = pytest.importorskip("openai", reason="the openai SDK (pip install openai; in the dev extra)")
