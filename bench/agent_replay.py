@@ -2,7 +2,7 @@
 
 Generates the workload (``tierguard.workload.generate``, deterministic from ``--seed``), then routes
 every test-split turn, conversation by conversation and in turn order, through the same pure code
-the proxy runs (``tierguard.cascade.check_answer`` / ``effective_raw`` / ``judge_answer`` and
+the proxy runs (``tierguard.judging.check_answer`` / ``effective_raw`` / ``judge_answer`` and
 ``tierguard.affinity.AffinityTable``) under several policies:
 
 - ``capable-only``: every turn on the capable tier (the quality and cost reference);
@@ -135,7 +135,7 @@ def run_policy(records: list[OutcomeRecord], spec: CascadeSpec | None, hard: set
                     and check.tool_call_problem is None
                 ):
                     cost += verify_cost(rec, calls)
-                j = judge_answer(spec, i, effective_raw(check, measured), check)
+                j = judge_answer(spec, i, effective_raw(check, measured), check=check)
                 if j.accepted:
                     answered = i
                     break

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tierguard.affinity import AffinityTable
-from tierguard.cascade import AnswerCheck, judge_answer
 from tierguard.jsonschemas import SchemaProblem, check_schema, schema_error
+from tierguard.judging import AnswerCheck, judge_answer
 from tierguard.policy import CascadeSpec, TierConfidence
 from tierguard.structured import response_format_error, structured_output_problem
 from tierguard.toolcalls import (
@@ -154,7 +154,7 @@ def test_tool_call_raw(method, measured, problem, raw):
     ],
 )
 def test_judge_answer(tier, raw, check, accepted, reason):
-    j = judge_answer(spec(0.8), tier, raw, check)
+    j = judge_answer(spec(0.8), tier, raw, check=check)
     assert (j.accepted, j.reason) == (accepted, reason)
 
 

@@ -16,11 +16,10 @@ import httpx
 import pytest
 
 from procs import child_env, start_sim, write_outcomes
-from tierguard.cascade import check_answer
 from tierguard.confidence import aggregate
-from tierguard.outcomes import OutcomeRecord, conversation_key, load_outcomes
+from tierguard.judging import check_answer
+from tierguard.outcomes import OutcomeRecord, align, conversation_key, load_outcomes
 from tierguard.policy import load_policy_spec
-from tierguard.replay.data import align
 from tierguard.toolcalls import StreamedToolCalls, ToolCall, message_tool_calls, verification_messages
 from tierguard.workload import CAPABLE, CHEAP, TOOLS, generate
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .confidence import aggregate, best_case
 from .policy import CascadeSpec
-from .structured import structured_output_problem
-from .toolcalls import ToolCall, ToolCallMethod, tool_call_problem, tool_call_raw
 
 Reason = Literal[
     "accepted",
@@ -62,63 +60,6 @@ def judge(spec: CascadeSpec, tier: int, raw: float | None, *, error: bool = Fals
     if calibrated is not None and calibrated >= conf_spec.threshold:
         return Judgement(tier, True, "accepted", raw, calibrated)
     return Judgement(tier, False, "low_confidence", raw, calibrated)
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerCheck:
-    """What the proxy found in an answer before its confidence: its kind, the tool-call method the
-    tier uses, and a problem that rules the answer out (invalid call or structured output)."""
-
-    kind: AnswerKind = "text"
-    method: ToolCallMethod = "escalate"
-    tool_call_problem: str | None = None
-    structured_problem: str | None = None
-
-
-def judge_answer(spec: CascadeSpec, tier: int, raw: float | None, check: AnswerCheck) -> Judgement:
-    """:func:`judge` for an answer that may be a tool call or a structured output.
-
-    A non-last tier's invalid tool call or structured output escalates with its own reason, as
-    does a tool call under the ``escalate`` rule (``tool_call_rule``) or with no confidence
-    (``no_confidence``); everything else is :func:`judge` on ``raw``.
-    """
-    j = judge(spec, tier, raw)
-    if j.reason == "last_tier":
-        return j
-    if check.tool_call_problem is not None:
-        return Judgement(tier, False, "invalid_tool_call", raw, j.confidence)
-    if check.structured_problem is not None:
-        return Judgement(tier, False, "invalid_structured_output", raw, j.confidence)
-    if j.accepted:
-        return j
-    if check.kind == "tool_call" and check.method == "escalate":
-        return Judgement(tier, False, "tool_call_rule", raw, j.confidence)
-    if raw is None and check.kind == "tool_call":
-        return Judgement(tier, False, "no_confidence", raw, j.confidence)
-    return j
-
-
-def check_answer(
-    spec: CascadeSpec, tier: int, calls: Sequence[ToolCall], text: str, request: dict[str, Any]
-) -> AnswerCheck:
-    """Inspect one answer (its tool calls, else its text) against the request's ``tools`` and
-    ``response_format``: the same check for live answers (proxy) and recorded ones (replay)."""
-    method = spec.tiers[tier].confidence.tool_call_method
-    if calls:
-        return AnswerCheck(
-            "tool_call", method, tool_call_problem=tool_call_problem(calls, request.get("tools"))
-        )
-    return AnswerCheck(
-        "text", method, structured_problem=structured_output_problem(text, request.get("response_format"))
-    )
-
-
-def effective_raw(check: AnswerCheck, measured: float | None) -> float | None:
-    """The raw confidence :func:`route` must see so that it decides as :func:`judge_answer` does:
-    none for a ruled-out answer, the tool-call method's value for a call."""
-    if check.kind == "tool_call":
-        return tool_call_raw(check.method, measured, check.tool_call_problem)
-    return None if check.structured_problem is not None else measured
 
 
 def acceptance_impossible(

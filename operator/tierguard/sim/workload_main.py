@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..workload import CAPABLE, CHEAP, generate
 
 
