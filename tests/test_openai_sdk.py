@@ -31,10 +31,6 @@ if in_ci():
 else:
     openai = pytest.importorskip("openai", reason="the openai SDK (pip install openai; in the dev extra)")
 
-# Judging tool calls and structured outputs and the agent request checks are wired into the proxy
-# with its escalation loop; until then these fail (strict: the mark must go when they pass).
-NEEDS_PROXY_JUDGING = pytest.mark.xfail(strict=True, reason="proxy integration of agent judging pending")
-
 
 class Ticket(BaseModel):
     priority: str
@@ -95,7 +91,6 @@ def test_streaming_text(client):
     assert len({c.id for c in chunks}) == 1
 
 
-@NEEDS_PROXY_JUDGING
 def test_tool_call_accepted_on_the_cheap_tier(client):
     raw = client.chat.completions.with_raw_response.create(model="support", messages=ORDER_Q, tools=TOOLS)
     msg = raw.parse().choices[0].message
@@ -142,7 +137,6 @@ def test_parse_structured_output(client):
     assert tier(raw) == "mini"
 
 
-@NEEDS_PROXY_JUDGING
 def test_parse_escalates_an_answer_that_breaks_the_schema(client):
     raw = client.chat.completions.with_raw_response.parse(
         model="support", messages=TICKET_BAD_Q, response_format=Ticket
@@ -162,21 +156,11 @@ def test_parse_strict_function_tools(client):
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        pytest.param(
-            {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
-            "tools[0].function.name",
-            marks=NEEDS_PROXY_JUDGING,
-        ),
-        pytest.param({"tool_choice": "auto"}, "tool_choice", marks=NEEDS_PROXY_JUDGING),
-        pytest.param(
-            {"response_format": {"type": "yaml"}}, "response_format.type", marks=NEEDS_PROXY_JUDGING
-        ),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
         ({"n": 2}, "n"),
-        pytest.param(
-            {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
-            "audio",
-            marks=NEEDS_PROXY_JUDGING,
-        ),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ],
 )
 def test_refused_requests_raise_the_sdk_error(client, kwargs, param):

@@ -143,8 +143,12 @@ def test_streamed_tool_calls_are_buffered_then_judged(stack):
     assert finishes == ["tool_calls"]
 
 
-def test_fixed_escalate_rule_aborts_the_cheap_stream_at_the_first_call_chunk(sims, tmp_path):
-    with agent_proxy(tmp_path, sims, tool_calls="escalate") as (proxy, log):
+def test_fixed_escalate_rule_aborts_the_cheap_stream_at_the_first_call_chunk(tmp_path):
+    # answers take 1.5 s, the first token at 10%: a closed stream shows as cancelled in the sim
+    with (
+        agent_sims(tmp_path, extra_latency_ms=1500, ttft_fraction=0.1) as sims,
+        agent_proxy(tmp_path, sims, tool_calls="escalate") as (proxy, log),
+    ):
         before = sim_stats(sims["mini"])
         r, _events, done = stream(proxy, ORDER_Q, tools=TOOLS)
         assert r.headers["x-tierguard-tier"] == "large" and done

@@ -153,17 +153,18 @@ def early_abort(spec: CascadeSpec, tier: int, seen_logprobs: Sequence[float]) ->
 def self_eval_request(request: dict[str, Any], answer: str, prompt: str) -> dict[str, Any]:
     """The one-token verification question: the conversation, the tier's answer as an assistant
     turn, then ``prompt`` as a user turn."""
-    return {
-        "messages": [
+    return verification_request(
+        [
             *request["messages"],
             {"role": "assistant", "content": answer},
             {"role": "user", "content": prompt},
-        ],
-        "max_tokens": 1,
-        "logprobs": True,
-        "top_logprobs": 5,
-        "temperature": 0,
-    }
+        ]
+    )
+
+
+def verification_request(messages: list[Any]) -> dict[str, Any]:
+    """A one-token verification call with ``messages`` (read with :func:`p_yes`)."""
+    return {"messages": messages, "max_tokens": 1, "logprobs": True, "top_logprobs": 5, "temperature": 0}
 
 
 def p_yes(body: dict[str, Any]) -> float | None:

@@ -85,8 +85,9 @@ class StreamedToolCalls:
                 continue
             index = piece.get("index", 0)
             slot = self.parts.setdefault(
-                index if isinstance(index, int) else 0, {"id": "", "name": "", "arguments": []}
+                index if isinstance(index, int) else 0, {"id": "", "name": "", "arguments": [], "pieces": 0}
             )
+            slot["pieces"] += 1
             if isinstance(piece.get("id"), str):
                 slot["id"] = piece["id"]
             fn = piece.get("function")
@@ -101,6 +102,12 @@ class StreamedToolCalls:
 
     def names(self) -> list[str]:
         return [p["name"] for _, p in sorted(self.parts.items())]
+
+    def settled_names(self) -> list[str]:
+        """Names that can no longer grow: a later piece of the same call, or a later call, arrived
+        (a name may in principle be streamed in pieces; it is only judged once complete)."""
+        items = sorted(self.parts.items())
+        return [p["name"] for k, (_, p) in enumerate(items) if p["pieces"] > 1 or k < len(items) - 1]
 
     def calls(self) -> list[ToolCall]:
         return [ToolCall(p["id"], p["name"], "".join(p["arguments"])) for _, p in sorted(self.parts.items())]

@@ -2,7 +2,9 @@
 
 The table itself is :class:`tierguard.affinity.AffinityTable` (pure). This adapter reads the
 conversation key from the request, applies the revision's ``affinity`` mode, keeps the table's
-bounds in step with the settings on reload, and exports the table's size.
+bounds in step with the settings on reload, and reports the table's size (``on_size``). Its
+:meth:`ConversationAffinity.record` runs in a recorder observer
+(:class:`tierguard.proxy.observers.AffinityObserver`); :meth:`start_tier` at the start of a turn.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-
-from prometheus_client import Gauge
 
 from ..affinity import AffinityTable
 from ..policy import ProxySettings
@@ -31,11 +31,11 @@ class ConversationAffinity:
     def __init__(
         self,
         settings: ProxySettings,
-        size_gauge: Gauge | None = None,
+        on_size: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = AffinityTable(settings.affinity_max_conversations, settings.affinity_ttl_seconds)
-        self.size_gauge = size_gauge
+        self.on_size = on_size  # told the table's size after each change (a gauge)
         self.clock = clock
 
     def configure(self, settings: ProxySettings) -> None:
@@ -61,5 +61,5 @@ class ConversationAffinity:
         ):
             return
         self.table.record(key, self._names(rev), answered, self.clock())
-        if self.size_gauge is not None:
-            self.size_gauge.set(len(self.table))
+        if self.on_size is not None:
+            self.on_size(len(self.table))

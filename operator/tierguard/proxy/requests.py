@@ -14,14 +14,19 @@ from typing import Any
 
 from aiohttp import web
 
+from ..agent_requests import agent_request_error
+
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, reason: str = "invalid_request") -> None:
+    def __init__(
+        self, message: str, param: str | None = None, reason: str = "invalid_request", code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.reason = reason
+        self.code = code
 
 
 async def read_json(request: web.Request) -> Any:
@@ -76,7 +81,18 @@ def validate_request(body: Any) -> dict[str, Any]:
         v = body.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
             raise BadRequest(f"'{key}' must be a number", key)
+    agent_fields(body)
     return body
+
+
+def agent_fields(body: dict[str, Any]) -> None:
+    """tools, tool_choice, parallel_tool_calls, response_format, tool messages and unsupported
+    features, as the OpenAI API checks them (:mod:`tierguard.agent_requests`)."""
+    problem = agent_request_error(body)
+    if problem is not None:
+        message, param, code = problem
+        reason = "unsupported" if code == "unsupported_parameter" else "invalid_agent_field"
+        raise BadRequest(message, param, reason=reason, code=code)
 
 
 def parse_feedback(body: Any) -> tuple[Any, str]:
