@@ -25,7 +25,8 @@ fi
 
 # ---------------------------------------------------------------- apt packages
 # chromium: headless rendering check of the replay HTML report (tests/test_replay_html.py)
-PKGS=(prometheus openssl ca-certificates curl util-linux chromium)
+# lua5.4: runs the shipped Argo CD health check on real objects (tests/test_gitops_health.py)
+PKGS=(prometheus openssl ca-certificates curl util-linux chromium lua5.4)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -88,4 +89,5 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 log "building test binaries with $(go version) (cached; slow only the first time)"
 bash "$ROOT/tests/k8senv/build.sh"
+bash "$ROOT/tests/k8senv/kstatus/build.sh"   # the kstatus library, for tests/test_gitops_health.py
 log "done"

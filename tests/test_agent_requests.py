@@ -29,6 +29,7 @@ def body(**extra):
             None,
         ),
         (body(tools="lookup_order"), "tools", "invalid_type"),
+        (body(tools=[]), "tools", "empty_array"),
         (
             body(tools=[{"type": "function", "function": {"name": "x"}}] * 129),
             "tools",

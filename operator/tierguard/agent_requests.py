@@ -50,6 +50,13 @@ def tools_error(tools: Any) -> Problem | None:
         return None
     if not isinstance(tools, list):
         return _wrong_type("tools", "an array", tools)
+    if not tools:
+        return (
+            "Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty "
+            "array instead.",
+            "tools",
+            "empty_array",
+        )
     if len(tools) > MAX_TOOLS:
         return (
             f"Invalid 'tools': array too long. Expected an array with maximum length {MAX_TOOLS}, "

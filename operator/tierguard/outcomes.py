@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import OutcomeFormatError
 from .judging import check_answer, effective_raw, recorded_raw_confidence
@@ -66,7 +74,8 @@ class ModelOutcome(BaseModel):
     tool_calls: list[RecordedToolCall] | None = Field(
         default=None, min_length=1, description="The answer was these tool calls (content empty)."
     )
-    correct: bool | None = None
+    # strict: "yes", "1" or 1 are not silently read as true
+    correct: StrictBool | None = None
     conf_logprob: float | None = Field(
         default=None, description="Log-probability behind the confidence; null if none."
     )

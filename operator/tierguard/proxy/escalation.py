@@ -153,4 +153,5 @@ async def _ask(client: TierClient, question: dict[str, Any], attempt: Attempt) -
         attempt.failed(err)
         attempt.error = f"self_eval: {err}"
         return None
+    attempt.verified(client.tier, verdict.tokens_in, verdict.tokens_out)
     return judging.p_yes(verdict.body)
