@@ -77,6 +77,8 @@ def stack(sims, tmp_path_factory):
 def test_tool_calls_are_judged_by_self_verification(stack):
     proxy, log = stack
     before = len(decisions(log))
+    accepted0 = metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="accepted")
+    escalated0 = metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="escalated")
     ok = post(proxy, ORDER_Q, tools=TOOLS)
     unsure = post(proxy, UNSURE_Q, tools=TOOLS)
     assert ok.status_code == unsure.status_code == 200
@@ -89,14 +91,15 @@ def test_tool_calls_are_judged_by_self_verification(stack):
     assert ok_entry["answer_kind"] == "tool_call"
     assert ok_entry["tiers"][0]["reason"] == "accepted" and ok_entry["tiers"][0]["answer_kind"] == "tool_call"
     assert unsure_entry["tiers"][0]["reason"] == "low_confidence"
-    assert metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="accepted") >= 1
-    assert metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="escalated") >= 1
+    assert metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="accepted") == accepted0 + 1
+    assert metric(proxy, "tierguard_tool_calls_total", tier="mini", outcome="escalated") == escalated0 + 1
 
 
 def test_invalid_arguments_escalate_without_a_verification_call(stack, sims):
     proxy, log = stack
     before_stats = sim_stats(sims["mini"])
     before = len(decisions(log))
+    invalid0 = metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_tool_call")
     r = post(proxy, REFUND_Q, tools=TOOLS)
     assert r.status_code == 200 and r.headers["x-tierguard-tier"] == "large"
     assert (
@@ -109,12 +112,15 @@ def test_invalid_arguments_escalate_without_a_verification_call(stack, sims):
     first = entry["tiers"][0]
     assert first["reason"] == "invalid_tool_call"
     assert "amount" in first["problem"] and "is not of type 'number'" in first["problem"]
-    assert metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_tool_call") >= 1
+    assert (
+        metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_tool_call") == invalid0 + 1
+    )
 
 
 def test_structured_output_that_breaks_the_schema_escalates(stack):
     proxy, log = stack
     before = len(decisions(log))
+    bad0 = metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_structured_output")
     good = post(proxy, TICKET_Q, response_format=TICKET_FORMAT)
     bad = post(proxy, TICKET_BAD_Q, response_format=TICKET_FORMAT)
     assert good.headers["x-tierguard-tier"] == "mini"
@@ -123,7 +129,10 @@ def test_structured_output_that_breaks_the_schema_escalates(stack):
     entries = wait_decisions(log, before + 2)[before:]
     assert entries[1]["tiers"][0]["reason"] == "invalid_structured_output"
     assert "not valid JSON" in entries[1]["tiers"][0]["problem"]
-    assert metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_structured_output") >= 1
+    assert (
+        metric(proxy, "tierguard_escalations_total", tier="mini", reason="invalid_structured_output")
+        == bad0 + 1
+    )
 
 
 def test_streamed_tool_calls_are_buffered_then_judged(stack):
