@@ -28,6 +28,12 @@ PURE = [
     "gaptest.py",
     "guarantee.py",
     "rollout",
+    "affinity.py",
+    "agent_requests.py",
+    "jsonschemas.py",
+    "structured.py",
+    "toolcalls.py",
+    "workload.py",
 ]
 FORBIDDEN = (
     "aiohttp",

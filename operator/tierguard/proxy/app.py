@@ -17,13 +17,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..policy import ProxyConfig
+from .conversations import ConversationAffinity, conversation_key
 from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
 from .drift_monitor import DriftMonitor, DriftSettings
 from .escalation import escalate
 from .ids import IdSigner, InvalidId, SeenIds, load_key
 from .metrics import ProxyMetrics
-from .observers import DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
+from .observers import AffinityObserver, DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
 from .outcome import Outcome
 from .recorder import Decision, Recorder
 from .requests import BadRequest, parse_feedback, read_chat_request, read_json
@@ -47,12 +48,14 @@ class ProxyApp:
         self.shadow = ShadowScorer(self.metrics, decision_log)
         self.drift = DriftMonitor(self.metrics.confidence_psi, DriftSettings.from_env())
         self.log_observer = DecisionLogObserver(decision_log)
+        self.affinity = ConversationAffinity(config.settings, self._affinity_size)
         self.recorder = Recorder(
             [
                 MetricsObserver(self.metrics),
                 DriftObserver(self.drift),
                 self.log_observer,
                 ShadowObserver(self.shadow),
+                AffinityObserver(self.affinity),
             ]
         )
         self.feedback_seen = SeenIds()
@@ -73,6 +76,9 @@ class ProxyApp:
         self.app.on_startup.append(self._startup)
         self.app.on_cleanup.append(self._cleanup)
         self.app.on_response_prepare.append(self._close_when_draining)
+
+    def _affinity_size(self, size: int) -> None:
+        self.metrics.affinity_conversations.labels(self.metrics.policy).set(size)
 
     @property
     def decision_log(self) -> DecisionLog:
@@ -127,6 +133,7 @@ class ProxyApp:
             log.warning("settings.maxBodyBytes changed: takes effect at the next restart")
             self.metrics.reloads.labels(config.policy, "restart_required").inc()
         self.signer = signer
+        self.affinity.configure(config.settings)
         self.runtime = rt
         self.drift.retain(r.name for r in rt.revisions())
         self.metrics.policy = config.policy
@@ -181,7 +188,7 @@ class ProxyApp:
     def _bad(self, err: BadRequest) -> web.Response:
         self.metrics.bad_requests.labels(self.metrics.policy, err.reason).inc()
         status = 413 if err.reason == "too_large" else 400
-        return error_response(status, str(err), etype="invalid_request_error", param=err.param)
+        return error_response(status, str(err), etype="invalid_request_error", param=err.param, code=err.code)
 
     async def feedback(self, request: web.Request) -> web.Response:
         policy = self.metrics.policy
@@ -240,7 +247,11 @@ class ProxyApp:
             rt = self.runtime
             assert rt is not None
             sticky = request.headers.get("x-tierguard-session") or body.get("user")
-            outcome = Outcome(rt.pick(sticky))
+            rev = rt.pick(sticky)
+            conversation = conversation_key(request.headers, body)
+            outcome = Outcome(
+                rev, start=self.affinity.start_tier(rev, conversation), conversation=conversation
+            )
             delivery: Delivery = (
                 StreamDelivery(request, body, outcome, self.signer)
                 if body.get("stream")
