@@ -24,8 +24,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-# chromium: headless rendering check of the replay HTML report (tests/test_replay_html.py)
-PKGS=(prometheus openssl ca-certificates curl util-linux chromium)
+# chromium: headless rendering check of the replay HTML report and the reviewer's page
+# postgresql: the review store's PostgreSQL tests start their own server (initdb/postgres from
+#   /usr/lib/postgresql/*/bin, as the unprivileged 'postgres' user the package creates)
+PKGS=(prometheus openssl ca-certificates curl util-linux chromium postgresql)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -38,7 +40,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   [[ " ${need[*]} " == *" prometheus "* ]] && prometheus_was_installed=0
 
   # Keep package maintainer scripts from starting services (Debian's prometheus
-  # package would otherwise start a server on :9090 where an init system runs).
+  # package would otherwise start a server on :9090 where an init system runs, and
+  # postgresql one on :5432).
   # Tests never use that service: they start their own Prometheus on a free
   # loopback port. Only add the policy file if none exists, and remove it after.
   policy=/usr/sbin/policy-rc.d

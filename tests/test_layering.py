@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "operator" / "tierguard"
-PURE = ["answers.py", "confidence.py", "cascade.py", "policy.py", "outcomes.py", "metric_names.py", "drift.py", "rollout"]
+PURE = ["answers.py", "confidence.py", "cascade.py", "policy.py", "outcomes.py", "metric_names.py", "drift.py", "rollout",
+        "review/redact.py", "review/novelty.py", "review/sampling.py", "review/estimate.py"]
 FORBIDDEN = (
     "aiohttp",
     "httpx",
