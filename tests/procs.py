@@ -180,6 +180,20 @@ def start_proxy(
     return _start("proxy", command, "/readyz", env, timeout, log_dir)
 
 
+def start_review(
+    store: str,
+    tokens_path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+    log_dir: str | os.PathLike[str] | None = None,
+    **flags: Any,
+) -> RunningProcess:
+    """``tierguard review serve --store URL --tokens FILE [flags]`` on a free port; waits for /healthz."""
+    command = ["review", "serve", "--store", store, "--tokens", str(tokens_path), *flag_args(flags)]
+    return _start("review", command, "/healthz", env, timeout, log_dir)
+
+
 def write_outcomes(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any] | str]) -> Path:
     """Write outcome rows as JSONL (a ``str`` row is written verbatim, e.g. a malformed line)."""
     p = Path(path)

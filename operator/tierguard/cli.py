@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("tierguard.sim.main", "serve recorded model outcomes as an OpenAI-compatible model"),
     "replay": ("tierguard.replay.main", "replay recorded outcomes through routing strategies"),
     "calibrate": ("tierguard.calibrate", "fit calibration maps and thresholds on recorded outcomes"),
+    "review": ("tierguard.review.main", "the reviewer's page and the novelty reference for review sampling"),
     "crds": ("tierguard.kube.crdgen", "print or write the CRD manifests generated from the models"),
     "promote": ("tierguard.kube.control", "promote a policy's canary (or advance a paused step)"),
     "abort": ("tierguard.kube.control", "abort a policy's rollout (canary weight to 0)"),
