@@ -26,8 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from infra.ports import free_port
-from infra.process import ManagedProcess
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0

@@ -36,7 +36,6 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.kube import KubeCluster
 from procs import RunningProcess, start_proxy, start_sim, write_outcomes
 from test_operator_k8s import (
     SERVICE_ACCOUNT,
@@ -55,6 +54,7 @@ from test_operator_k8s import (
     until,
 )
 from tierguard.kube.render import CONFIG_KEY, child_name
+from tierguard.localenv.kube import KubeCluster
 from tierguard.policy import RolloutSpec
 from tierguard.rollout.decide import time_to_rollback
 

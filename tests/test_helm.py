@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.binaries import MissingBinaryError, ensure_binaries
-from infra.kube import KubeCluster
+from tierguard.localenv.binaries import MissingBinaryError, ensure_binaries
+from tierguard.localenv.kube import KubeCluster
 
 pytest_plugins = ["infra.fixtures"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.kube import KubeApiError, KubeCluster
-from infra.ports import free_port
-from infra.prometheus import PrometheusServer
+from tierguard.localenv.kube import KubeApiError, KubeCluster
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.prometheus import PrometheusServer
 
 # Registers the fixtures even if no conftest does (a no-op when one already has).
 pytest_plugins = ["infra.fixtures"]

@@ -29,13 +29,13 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from infra.kube import KubeApiError, KubeCluster
-from infra.ports import free_port
-from infra.process import ManagedProcess
 from tierguard.kube.client import KubeApi, load_api_client
 from tierguard.kube.handlers import Reconciler
 from tierguard.kube.main import metrics_observer
 from tierguard.kube.render import CONFIG_KEY, child_name
+from tierguard.localenv.kube import KubeApiError, KubeCluster
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess
 from tierguard.metrics.fake import FakeProvider
 from tierguard.metrics.provider import ProviderError
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data

@@ -27,9 +27,9 @@ from tierguard.rollout.status import PolicyStatus
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.prometheus]
 
 try:
-    from infra.binaries import MissingBinaryError, prometheus_binary
-    from infra.ports import free_port
-    from infra.prometheus import PrometheusServer
+    from tierguard.localenv.binaries import MissingBinaryError, prometheus_binary
+    from tierguard.localenv.ports import free_port
+    from tierguard.localenv.prometheus import PrometheusServer
 except ImportError:  # pragma: no cover - the infra package is part of the repo
     PrometheusServer = None  # type: ignore[assignment,misc]
 

@@ -343,7 +343,7 @@ def test_psi_stays_low_on_familiar_traffic_and_rises_on_a_shifted_slice(calibrat
 
 def _prometheus_skip() -> str | None:
     try:
-        from infra.binaries import MissingBinaryError, prometheus_binary
+        from tierguard.localenv.binaries import MissingBinaryError, prometheus_binary
     except ImportError:  # pragma: no cover
         return "tests/infra is missing"
     try:
@@ -361,7 +361,7 @@ def test_confidence_drift_objective_passes_then_breaches_through_prometheus(cali
     exported the gauge)."""
     from datetime import UTC, datetime
 
-    from infra.prometheus import PrometheusServer
+    from tierguard.localenv.prometheus import PrometheusServer
     from tierguard.metrics.prometheus import PrometheusProvider
     from tierguard.policy import QualitySLOSpec, SLORef, load_policy_spec, load_proxy_config
     from tierguard.rollout.analysis import observe

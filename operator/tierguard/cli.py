@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "abort": ("tierguard.kube.control", "abort a policy's rollout (canary weight to 0)"),
     "resume": ("tierguard.kube.control", "resume an aborted or paused rollout"),
     "status": ("tierguard.kube.control", "show a policy's rollout status"),
+    "demo": ("tierguard.demo.main", "a rollout and an automatic rollback, live, on this machine"),
 }
 
 

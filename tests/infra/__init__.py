@@ -1,16 +1,11 @@
-"""Test infrastructure: real etcd + kube-apiserver (+ kube-controller-manager) and
-a real Prometheus server, started as local processes for integration tests.
+"""Pytest fixtures for the real-component test infrastructure.
 
-Import from the repo's ``tests`` directory on ``sys.path`` (pytest's
-``pythonpath = ["tests", "operator"]``)::
+The components themselves (etcd + kube-apiserver, Prometheus, process supervision, ports) live in
+the product package, :mod:`tierguard.localenv`, because ``tierguard demo`` runs them too::
 
-    from infra.kube import KubeCluster
-    from infra.prometheus import PrometheusServer
-    from infra.ports import free_port
+    from tierguard.localenv.kube import KubeCluster
+    from tierguard.localenv.prometheus import PrometheusServer
+    from tierguard.localenv.ports import free_port
 
 Pytest fixtures live in :mod:`infra.fixtures` (``pytest_plugins = ["infra.fixtures"]``).
 """
-
-from infra.ports import free_port
-
-__all__ = ["free_port"]

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from infra.binaries import MissingBinaryError, ensure_binaries, is_current, missing
-from infra.kube import KubeCluster
-from infra.prometheus import PrometheusServer
+from tierguard.localenv.binaries import MissingBinaryError, ensure_binaries, is_current, missing
+from tierguard.localenv.kube import KubeCluster
+from tierguard.localenv.prometheus import PrometheusServer
 
 _ns_counter = itertools.count(1)
 _build_error: MissingBinaryError | None = None

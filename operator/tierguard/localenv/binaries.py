@@ -1,4 +1,4 @@
-"""Locating (and, if needed, building) the pinned control-plane binaries.
+"""Locating (and, if needed, building) the pinned control-plane binaries (tests and ``tierguard demo``).
 
 Binaries are built by ``tests/k8senv/build.sh`` into
 ``${TIERGUARD_BIN_DIR:-~/.cache/tierguard/bin}``; the versions are pinned in
@@ -15,7 +15,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-K8SENV_DIR = Path(__file__).resolve().parent.parent / "k8senv"
+# a source checkout: operator/tierguard/localenv/ -> the repository root
+REPO_ROOT = Path(__file__).resolve().parents[3]
+K8SENV_DIR = REPO_ROOT / "tests" / "k8senv"
 BUILD_SCRIPT = K8SENV_DIR / "build.sh"
 
 # binary name -> module whose version the binary is built from
@@ -92,7 +94,7 @@ def ensure_binaries(names: Iterable[str], build: bool = True) -> dict[str, Path]
             )
         err = sys.__stderr__ or sys.stderr
         print(
-            f"\n[tierguard test infra] building {todo} with {BUILD_SCRIPT} "
+            f"\n[tierguard] building {todo} with {BUILD_SCRIPT} "
             f"(several minutes the first time; cached in {bin_dir()})",
             file=err,
             flush=True,

@@ -1,4 +1,4 @@
-"""A small supervisor for the external processes started by the test infra."""
+"""A small supervisor for the external processes started by the tests and ``tierguard demo``."""
 
 from __future__ import annotations
 

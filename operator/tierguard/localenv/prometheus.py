@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from infra.binaries import prometheus_binary
-from infra.ports import free_port
-from infra.process import ManagedProcess, format_logs
+from tierguard.localenv.binaries import prometheus_binary
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess, format_logs
 
 # A target is "host:port", ("host:port", {"label": "value"}), or a file_sd group
 # {"targets": ["host:port", ...], "labels": {...}}. Special labels work as in any

@@ -1,4 +1,4 @@
-"""A real, local Kubernetes control plane for integration tests.
+"""A real, local Kubernetes control plane (integration tests and ``tierguard demo``).
 
 :class:`KubeCluster` starts etcd and kube-apiserver (and, if built, the
 kube-controller-manager) as plain processes on loopback ports, with a fresh CA,
@@ -11,7 +11,7 @@ behaves as in a real cluster.
         cluster.request("GET", "/api/v1/namespaces")           # admin (system:masters)
         kc = cluster.kubeconfig_for_service_account("ns", "op") # a least-privilege identity
 
-Binaries come from ``tests/k8senv/build.sh`` (see :mod:`infra.binaries`).
+Binaries come from ``tests/k8senv/build.sh`` (see :mod:`tierguard.localenv.binaries`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from infra.binaries import binary_path, ensure_binaries, is_current
-from infra.ports import free_port
-from infra.process import ManagedProcess, format_logs
+from tierguard.localenv.binaries import binary_path, ensure_binaries, is_current
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess, format_logs
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
