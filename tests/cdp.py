@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from infra.ports import free_port
-from infra.process import ManagedProcess
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.process import ManagedProcess
 
 CI = os.environ.get("CI") == "true"
 

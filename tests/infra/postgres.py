@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.ports import free_port
+from tierguard.localenv.ports import free_port
 
 
 class MissingPostgres(RuntimeError):
