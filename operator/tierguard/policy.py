@@ -438,6 +438,8 @@ Signal = Literal[
     "shadow_disagreement",
     "confidence_drift",
     "cost_per_request",
+    "review_accuracy",
+    "outcome_rate",
 ]
 
 
@@ -445,6 +447,11 @@ class Objective(Model):
     name: str = Field(pattern=DNS_LABEL)
     tier: str | None = Field(default=None, description="A tier name; omitted for every tier.")
     signal: Signal | None = None
+    event: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="The outcome event of signal outcome_rate (e.g. human_handoff).",
+    )
     query: str | None = Field(
         default=None,
         description="Custom PromQL with {{policy}}, {{namespace}}, {{revision}}, {{tier}}, {{interval}}.",
@@ -461,6 +468,8 @@ class Objective(Model):
             raise ValueError("set exactly one of signal or query")
         if self.max is None and self.min is None and self.max_increase_over_stable is None:
             raise ValueError("set a bound: max, min or maxIncreaseOverStable")
+        if (self.signal == "outcome_rate") != (self.event is not None):
+            raise ValueError("signal outcome_rate needs an event, and only it takes one")
         return self
 
 

@@ -247,15 +247,22 @@ class Store:
 
     def add_event(self, event: Event) -> bool:
         """Store an outcome event; False when the response already has an event of that name."""
+        return self.add_events([event])[0]
+
+    def add_events(self, events: Sequence[Event]) -> list[bool]:
+        """Store outcome events in one transaction; per event, False for a duplicate."""
         cols = ", ".join(EVENT_COLUMNS)
         marks = ", ".join("?" for _ in EVENT_COLUMNS)
         sql = self._sql(
             f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT (response_id, name) DO NOTHING"
         )
 
-        def go(cur: Any) -> bool:
-            cur.execute(sql, tuple(asdict(event).values()))
-            return bool(cur.rowcount == 1)
+        def go(cur: Any) -> list[bool]:
+            out = []
+            for event in events:
+                cur.execute(sql, tuple(asdict(event).values()))
+                out.append(cur.rowcount == 1)
+            return out
 
         return self._run(go)
 
