@@ -223,3 +223,23 @@ def test_skips_and_unlabelled_items_count_as_answers_not_labels_and_net_value():
 def test_wilson_stays_in_range():
     assert wilson(1.0, 10, 1.96)[1] == 1.0 and wilson(1.0, 10, 1.96)[0] < 1.0
     assert wilson(0.5, 0, 1.96) == (0.0, 1.0)
+
+
+def test_lazy_novelty_is_computed_only_when_the_draw_could_select_and_keeps_probabilities():
+    spec = ReviewSpec(rate=0.01, quota_per_hour=1_000_000)  # top band: base 0.01, at most 0.05
+    calls = []
+
+    def score():
+        calls.append(1)
+        return 1.0
+
+    s = Sampler(spec, random.Random(5))
+    draws = [s.draw("r", "t", 0.99, score, i * 0.1) for i in range(40000)]
+    assert 0.04 < len(calls) / len(draws) < 0.06  # scored on ~p_max of the answers
+    sampled = [d for d in draws if d.sampled]
+    assert {d.probability for d in sampled} == {0.05} and all(d.novelty == 1.0 for d in sampled)
+    assert 0.04 < len(sampled) / len(draws) < 0.06  # the same rate as with the score given up front
+    familiar = Sampler(spec, random.Random(6))
+    draws = [familiar.draw("r", "t", 0.99, lambda: 0.0, i * 0.1) for i in range(40000)]
+    sampled = [d for d in draws if d.sampled]
+    assert {d.probability for d in sampled} == {0.01} and 0.008 < len(sampled) / len(draws) < 0.012

@@ -1,8 +1,9 @@
 """A cheap out-of-distribution score for a query against the calibration prompts (no GPU, no model).
 
-Each prompt is reduced to the set of its hashed features: lower-cased word tokens and word bigrams,
-hashed with CRC-32 into ``BUCKETS`` buckets (stable across processes, unlike ``hash()``). The
-reference keeps each bucket's document frequency ``df`` over the ``n`` calibration prompts.
+Each prompt is reduced to the set of its hashed features: its first ``MAX_WORDS`` lower-cased word
+tokens (CRC-32, stable across processes unlike ``hash()``) and word bigrams (the two words' hashes
+combined), folded into ``BUCKETS`` buckets. The reference keeps each bucket's document frequency
+``df`` over the ``n`` calibration prompts.
 
 A prompt's *rarity* is the mean, over its distinct features, of the normalised inverse document
 frequency ``log((n + 1) / (df + 1)) / log(n + 1)``: 0 for a feature in every calibration prompt,
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 BUCKETS = 1 << 20
+_MASK = BUCKETS - 1
+MAX_WORDS = 400
 MAX_SCORES = 2001  # quantiles of the calibration rarities kept in the reference
 _TOKEN = re.compile(r"[^\W_]+")
 
@@ -66,8 +69,19 @@ class NoveltyReference:
             loo = [loo[round(i * step)] for i in range(MAX_SCORES)]
         return cls(n, df, tuple(loo), dict(meta or {}))
 
+    def __post_init__(self) -> None:
+        # the normalised IDF of every known bucket, computed once (scoring is on the request path)
+        idf = {f: _idf(d, self.docs) for f, d in self.df.items()}
+        object.__setattr__(self, "_idf_table", idf)
+        object.__setattr__(self, "_unseen", _idf(0, self.docs))
+
     def rarity(self, text: str) -> float:
-        return _rarity(features(text), self.df, self.docs)
+        fs = features(text)
+        if not fs:
+            return 0.0
+        table: dict[int, float] = self._idf_table  # type: ignore[attr-defined]
+        unseen: float = self._unseen  # type: ignore[attr-defined]
+        return sum(table.get(f, unseen) for f in fs) / len(fs)
 
     def novelty(self, text: str) -> float:
         """The share of calibration prompts less rare than ``text`` (0 to 1)."""

@@ -85,8 +85,10 @@ class ReviewSampling:
         now = self.clock()
         self._policy = a.policy
         text = prompt_text(a.messages)
-        novelty = self.novelty.novelty(text) if self.novelty is not None else 0.0
-        draw = self.sampler.draw(a.revision, a.tier, a.confidence, novelty, now)
+        ref = self.novelty
+        draw = self.sampler.draw(
+            a.revision, a.tier, a.confidence, (lambda: ref.novelty(text)) if ref is not None else 0.0, now
+        )
         s = draw.stratum
         if draw.reason == "quota":
             self.metrics.capped.labels(a.policy, s.revision, s.tier, s.band).inc()
@@ -103,7 +105,7 @@ class ReviewSampling:
                     tier=a.tier,
                     band=s.band,
                     confidence=a.confidence,
-                    novelty=round(novelty, 4),
+                    novelty=None if draw.novelty is None else round(draw.novelty, 4),
                     probability=draw.probability,
                     prompt=prompt,
                     answer=answer,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_PHONE = re.compile(r"(?<![\w+])(?<!\d[ -])\+?\(?\d(?:[\s().-]{0,2}\d){6,14}(?![ -]?\d)")
+# one pass over digit runs (7-19 digits with separators); each run is then a card, a phone or kept
+_NUMBER = re.compile(r"(?<![\w+])(?<!\d[ -])\+?\(?\d(?:[\s().-]{0,2}\d){6,18}(?![ -]?\d)")
+_CARD_SHAPE = re.compile(r"\d(?:[ -]?\d){12,18}")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -28,13 +29,16 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return "[card]" if 13 <= len(digits) <= 19 and luhn_ok(digits) else match.group(0)
+def _number(match: re.Match[str]) -> str:
+    run = match.group(0)
+    digits = "".join(c for c in run if c.isdigit())
+    if 13 <= len(digits) <= 19 and _CARD_SHAPE.fullmatch(run) and luhn_ok(digits):
+        return "[card]"
+    return "[phone]" if len(digits) <= 15 else run
 
 
 def redact(text: str) -> str:
     """``text`` with e-mail addresses, card numbers and phone numbers replaced."""
-    text = _EMAIL.sub("[email]", text)
-    text = _CARD.sub(_card, text)
-    return _PHONE.sub("[phone]", text)
+    if "@" in text:
+        text = _EMAIL.sub("[email]", text)
+    return _NUMBER.sub(_number, text)

@@ -30,6 +30,7 @@ import bisect
 import itertools
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..policy import ReviewSpec
@@ -52,6 +53,7 @@ class Draw:
     sampled: bool
     probability: float  # the inclusion probability the item was drawn with
     reason: str  # sampled | not_drawn | quota | off
+    novelty: float | None = None  # None: not computed (the draw could not select the answer)
 
 
 def band_names(edges: list[float]) -> list[str]:
@@ -83,6 +85,12 @@ class _Hour:
 class StratumState:
     current: _Hour
     previous_target_sum: float | None = None  # of the last full hour, when there was one
+    nw_sum: float = 0.0  # novelty weights of the answers whose novelty was computed
+    nw_n: int = 0
+
+    @property
+    def mean_novelty_weight(self) -> float:
+        return self.nw_sum / self.nw_n if self.nw_n else 1.0
 
     def roll(self, hour: int) -> None:
         if hour != self.current.hour:
@@ -118,7 +126,18 @@ class Sampler:
     def target(self, weight: float, novelty: float) -> float:
         return min(1.0, self.spec.rate * weight * novelty_weight(novelty, self.spec.novelty_boost))
 
-    def draw(self, revision: str, tier: str, confidence: float | None, novelty: float, now: float) -> Draw:
+    def draw(
+        self,
+        revision: str,
+        tier: str,
+        confidence: float | None,
+        novelty: float | Callable[[], float],
+        now: float,
+    ) -> Draw:
+        """Draw one answer. ``novelty`` may be a function: it is then called only when the draw
+        could still select the answer at the highest novelty weight (``u < p_max``), which keeps
+        the score off most requests without changing any inclusion probability: ``u`` is
+        uniform and independent of the novelty, so ``P(sampled) = P(u < p) = p`` for ``p <= p_max``."""
         stratum, weight = self.stratum(revision, tier, confidence)
         hour = int(now // HOUR)
         state = self.strata.get(stratum)
@@ -126,27 +145,42 @@ class Sampler:
             state = self.strata[stratum] = StratumState(_Hour(hour))
         state.roll(hour)
         cur = state.current
-        target = self.target(weight, novelty)
         cur.seen += 1
-        cur.target_sum += target
         counts = self._pending.setdefault((hour, stratum), [0, 0])
         counts[0] += 1
-        if target <= 0.0:
+        base = self.spec.rate * weight
+        if base <= 0.0:
             return Draw(stratum, False, 0.0, "off")
         quota = self.spec.quota_per_hour
         if state.previous_target_sum is not None and state.previous_target_sum > 0.0:
             expected = state.previous_target_sum
         else:
             elapsed = max(now / HOUR - hour, MIN_HOUR_FRACTION)
-            expected = cur.target_sum / elapsed
-        p = min(1.0, target * min(1.0, quota / expected)) if expected > 0 else target
-        if self.rng.random() >= p:
-            return Draw(stratum, False, p, "not_drawn")
+            expected = (cur.target_sum + min(1.0, base * state.mean_novelty_weight)) / elapsed
+        scale = min(1.0, quota / expected) if expected > 0 else 1.0
+        u = self.rng.random()
+        nov: float | None
+        if callable(novelty):
+            p_max = min(1.0, base * self.spec.novelty_boost) * scale
+            nov = novelty() if u < p_max else None
+        else:
+            nov = novelty
+        if nov is None:
+            nw = state.mean_novelty_weight  # for the quota's bookkeeping only
+        else:
+            nw = novelty_weight(nov, self.spec.novelty_boost)
+            state.nw_sum += nw
+            state.nw_n += 1
+        target = min(1.0, base * nw)
+        cur.target_sum += target
+        p = target * scale
+        if nov is None or u >= p:
+            return Draw(stratum, False, p, "not_drawn", nov)
         if cur.sampled >= HARD_CAP * quota:
-            return Draw(stratum, False, p, "quota")
+            return Draw(stratum, False, p, "quota", nov)
         cur.sampled += 1
         counts[1] += 1
-        return Draw(stratum, True, p, "sampled")
+        return Draw(stratum, True, p, "sampled", nov)
 
     def drain_counts(self) -> list[StratumCount]:
         """Counts accumulated since the last drain (the writer adds them to the store)."""
