@@ -118,16 +118,22 @@ class OutcomeEndpoint:
         return web.json_response(body, status=status)
 
     async def _dedupe(self, policy: str, accepted: list[Accepted], now: float) -> list[bool] | None:
-        """Per accepted event, True when it is new; None when the store is down."""
-        store = self.store()
-        if store is None:
-            return [self.seen.add(f"{r.response_id}|{r.name}") for r in accepted]
+        """Per accepted event, True when it is new; None when the store is down. The store is
+        looked up (and opened, when it must be) off the event loop."""
+        if not accepted:
+            return []
         events = [
             Event(r.response_id, r.name, r.value, now, r.issued, policy, r.revision, r.tier) for r in accepted
         ]
-        if not events:
-            return []
+
+        def add() -> list[bool] | None:
+            store = self.store()
+            return None if store is None else store.add_events(events)
+
         try:
-            return await asyncio.to_thread(store.add_events, events)
+            fresh = await asyncio.to_thread(add)
         except StoreError:
             return None
+        if fresh is None:  # no store configured: this replica's memory
+            return [self.seen.add(f"{r.response_id}|{r.name}") for r in accepted]
+        return fresh
