@@ -104,7 +104,9 @@ def flag_args(flags: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment with the worktree's ``operator/`` first on ``PYTHONPATH`` (not whatever
+    ``tierguard`` happens to be installed), for every ``python -m tierguard`` a test starts."""
     env = dict(os.environ)
     paths = [str(REPO / "operator"), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -136,7 +138,7 @@ def _start(
         fd, log_name = tempfile.mkstemp(prefix=f"tierguard-{name}-{port}-", suffix=".log", dir=log_dir)
         os.close(fd)
         args = [sys.executable, "-m", "tierguard", *command, "--host", host, "--port", str(port)]
-        proc = ManagedProcess(name, args, Path(log_name), env=_env(env), cwd=REPO).start()
+        proc = ManagedProcess(name, args, Path(log_name), env=child_env(env), cwd=REPO).start()
         running = RunningProcess(name, proc, host, port)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.alive():

@@ -4,7 +4,8 @@ import random
 import pytest
 import yaml
 
-from test_replay import POLICY, REPO, SHARED, make_rows, tierguard, write_jsonl
+from needs import shared_data
+from test_replay import POLICY, REPO, make_rows, tierguard, write_jsonl
 from tierguard.calibrate import (
     SelectionObjective,
     calibrate,
@@ -165,15 +166,15 @@ def test_calibrate_command_errors(files):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
 def test_calibrate_on_shared_mmlu_train(tmp_path):
+    shared = shared_data()
     out = tmp_path / "mmlu.yaml"
     tierguard(
-        "calibrate", "--data", SHARED, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
+        "calibrate", "--data", shared, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
         "--benchmark", "mmlu", "--split", "train", "--out", out,
     )  # fmt: skip
     _, spec = load_policy_spec(out)
-    ds = load_dataset(SHARED, spec, benchmarks=["mmlu"])
+    ds = load_dataset(shared, spec, benchmarks=["mmlu"])
     train = ds.select(split="train")
     assert len(train) == 285
     ev = evaluate(spec, train)

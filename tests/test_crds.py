@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from procs import child_env
 from tierguard.cli import main as cli_main
 from tierguard.kube import crdgen
 from tierguard.kube.crdgen import CRDGenError, generate, structural
@@ -241,6 +242,7 @@ def test_cli_prints_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_check_without_directory_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tierguard", "crds", "--check", "--out", str(tmp_path / "nope")],
+        env=child_env(),
         capture_output=True,
         text=True,
         check=False,

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
+from needs import shared_data_path
 from procs import RunningProcess, start_proxy, start_sim, write_outcomes
 from test_operator_k8s import (
     SERVICE_ACCOUNT,
@@ -62,7 +63,7 @@ pytest_plugins = ["infra.fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "zellinger_llm_cascades" / "cascade_outcomes.jsonl"
+SHARED_DATA = shared_data_path()
 NS = "e2e"
 INTERVAL = "4s"
 LOAD_RPS = 50.0

@@ -530,6 +530,13 @@ def test_proxy_pods_get_secrets_without_the_operator_reading_them(env: Env) -> N
         assert not _can(env.cluster, token, group="", resource="secrets", verb=verb, namespace=env.ns)
 
 
+# The bounds docs/operator.md states (its table quotes the measured figures beside them). Loose
+# against the measured ~0.2 s so a loaded CI machine passes, tight against the regressions that
+# matter: a reconcile that waits for a timer (the minute-long wake-up) or a retry back-off.
+RECONCILE_MEDIAN_BOUND_S = 1.0
+RECONCILE_MAX_BOUND_S = 3.0
+
+
 def test_reconcile_latency(env: Env) -> None:
     """From creating a policy to its status observed and its ConfigMap rendered, on a warm operator."""
     latencies = []
@@ -543,6 +550,8 @@ def test_reconcile_latency(env: Env) -> None:
     print(
         f"\nreconcile latency over {len(latencies)} new policies: median {latencies[2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
     )
+    assert latencies[2] < RECONCILE_MEDIAN_BOUND_S, latencies
+    assert latencies[-1] < RECONCILE_MAX_BOUND_S, latencies
 
 
 def test_holds_never_move_the_weight(env: Env) -> None:

@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from needs import prometheus
+from tierguard.localenv.ports import free_port
+from tierguard.localenv.prometheus import PrometheusServer
 from tierguard.metrics.prometheus import PrometheusProvider
 from tierguard.metrics.provider import MetricsProvider, ProviderError, QueryError
 from tierguard.policy import CascadePolicySpec, CascadeSpec, QualitySLOSpec, Revision, Tier
@@ -26,31 +29,14 @@ from tierguard.rollout.status import PolicyStatus
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.prometheus]
 
-try:
-    from tierguard.localenv.binaries import MissingBinaryError, prometheus_binary
-    from tierguard.localenv.ports import free_port
-    from tierguard.localenv.prometheus import PrometheusServer
-except ImportError:  # pragma: no cover - the infra package is part of the repo
-    PrometheusServer = None  # type: ignore[assignment,misc]
-
 POLICY = "checkout"
 NAMESPACE = "shop"
 WINDOW = "10s"
 
 
-def _prometheus_available() -> str | None:
-    if PrometheusServer is None:
-        return "tests/infra is missing"
-    try:
-        prometheus_binary()
-    except MissingBinaryError as err:
-        return str(err)
-    return None
-
-
-SKIP = _prometheus_available()
-if SKIP:
-    pytestmark = [pytest.mark.prometheus, pytest.mark.skip(reason=SKIP)]
+@pytest.fixture(autouse=True, scope="module")
+def _prometheus_binary() -> None:
+    prometheus()  # skips locally, fails in CI when the binary is missing
 
 
 CASCADE_CANARY = CascadeSpec(

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge
 
+from needs import prometheus, shared_data
 from procs import REPO, start_proxy, start_sim, write_outcomes
 from tierguard import metric_names
 from tierguard.cli import UserError
@@ -29,7 +30,6 @@ from tierguard.drift import CONFIDENCE_EDGES, histogram, psi, reference_fraction
 from tierguard.policy import Revision, parse_policy_spec
 from tierguard.proxy.drift_monitor import DriftMonitor, DriftSettings
 
-SHARED = REPO.parent / "shared" / "data" / "zellinger_llm_cascades" / "cascade_outcomes.jsonl"
 PSI = metric_names.CONFIDENCE_PSI
 
 # --- the monitor, pure ---------------------------------------------------------------------------
@@ -341,20 +341,7 @@ def test_psi_stays_low_on_familiar_traffic_and_rises_on_a_shifted_slice(calibrat
         assert psi_series(proxy.base) == {}
 
 
-def _prometheus_skip() -> str | None:
-    try:
-        from tierguard.localenv.binaries import MissingBinaryError, prometheus_binary
-    except ImportError:  # pragma: no cover
-        return "tests/infra is missing"
-    try:
-        prometheus_binary()
-    except MissingBinaryError as err:
-        return str(err)
-    return None
-
-
 @pytest.mark.prometheus
-@pytest.mark.skipif(bool(_prometheus_skip()), reason=_prometheus_skip() or "")
 def test_confidence_drift_objective_passes_then_breaches_through_prometheus(calibrated):
     """The QualitySLO signal `confidence_drift` against a real Prometheus scraping the real proxy:
     PASS on familiar traffic, BREACH after the shifted slice (it used to be NO_DATA: nothing
@@ -368,6 +355,7 @@ def test_confidence_drift_objective_passes_then_breaches_through_prometheus(cali
     from tierguard.rollout.observations import Verdict
     from tierguard.rollout.status import PolicyStatus
 
+    prometheus()
     source, _, traffic = calibrated
     namespace = "ns"
     name, spec = load_policy_spec(source)
@@ -420,21 +408,21 @@ def test_confidence_drift_objective_passes_then_breaches_through_prometheus(cali
         assert check.bound == 0.25
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
 def test_psi_on_recorded_mmlu_traffic_then_gsm8k(tmp_path):
+    shared = shared_data()
     """Calibrated on MMLU train; MMLU test traffic is familiar, GSM8K questions are not."""
     import json
 
     models = {"mini": "gpt-4o-mini", "capable": "gpt-4o"}
-    sims = {t: start_sim(SHARED, m, latency_scale=0) for t, m in models.items()}
+    sims = {t: start_sim(shared, m, latency_scale=0) for t, m in models.items()}
     try:
         src = source_policy(tmp_path / "policy.yaml", {t: sims[t].url for t in models}, models)
         calibrated = tmp_path / "calibrated.yaml"
         tierguard(
-            "calibrate", "--data", SHARED, "--policy", src, "--benchmark", "mmlu", "--split", "train",
+            "calibrate", "--data", shared, "--policy", src, "--benchmark", "mmlu", "--split", "train",
             "--out", calibrated,
         )  # fmt: skip
-        with SHARED.open(encoding="utf-8") as fh:  # prompts hold U+2028: not str.splitlines()
+        with shared.open(encoding="utf-8") as fh:  # prompts hold U+2028: not str.splitlines()
             recs = [json.loads(x) for x in fh if x.strip()]
         mmlu = [
             user(r["user_prompt"], r["system_prompt"])

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from needs import shared_data
+from procs import child_env
 from tierguard.cascade import route
 from tierguard.policy import load_policy_spec
 from tierguard.replay import strategies as st
 from tierguard.replay.data import Row, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "zellinger_llm_cascades" / "cascade_outcomes.jsonl"
 CATEGORIES = [
     "algebra",
     "anatomy",
@@ -108,6 +109,7 @@ def tierguard(*args, check=True):
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=child_env(),
         timeout=300,
     )
     if check and proc.returncode != 0:
@@ -301,11 +303,11 @@ def test_preroute_at_cost_matches_the_target():
 # --- the shared recorded data ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recorded outcomes not present at {SHARED}")
 def test_replay_on_shared_data_mmlu_three_tiers(tmp_path):
+    shared = shared_data()
     out = tmp_path / "r"
     tierguard(
-        "replay", "--data", SHARED, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
+        "replay", "--data", shared, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
         "--benchmark", "mmlu", "--out", out, "--quiet",
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())

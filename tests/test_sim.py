@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from procs import REPO, RunningProcess, start_sim, write_outcomes
+from needs import shared_data
+from procs import REPO, RunningProcess, child_env, start_sim, write_outcomes
 from tierguard.confidence import aggregate
 from tierguard.outcomes import load_outcomes
 from tierguard.sim.data import (
@@ -64,7 +65,6 @@ EXPECTED = {  # prompt -> (answer, confidence) for m1
     "doubt": ("No.", 0.2),
 }
 PROMPTS = {r["qid"]: r["user_prompt"] for r in ROWS if isinstance(r, dict)}
-SHARED_DATA = REPO.parent / "shared" / "data" / "zellinger_llm_cascades" / "cascade_outcomes.jsonl"
 
 
 def chat(user: str, system: str | None = None, model: str = "m1", **extra: Any) -> dict[str, Any]:
@@ -454,6 +454,7 @@ def test_hanging_requests_and_disconnects_are_counted(data_file: Path) -> None:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tierguard", "sim", *args],
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -493,14 +494,14 @@ def test_malformed_rows_are_reported_and_served_rows_counted(sim: RunningProcess
 # --- the shared real data --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_file(), reason=f"shared outcomes file not present at {SHARED_DATA}")
 def test_serves_the_recorded_zellinger_outcomes() -> None:
-    outcomes = load_outcomes(SHARED_DATA)
+    shared = shared_data()
+    outcomes = load_outcomes(shared)
     model = "gpt-4o-mini"
     rows = [r for r in outcomes.records if model in r.models]
     sample = rows[:: max(1, len(rows) // 60)]
     assert {r.benchmark for r in sample} >= {"mmlu", "medmcqa", "gsm8k"}  # one-letter and long answers
-    with start_sim(SHARED_DATA, model, latency_scale=0) as s:
+    with start_sim(shared, model, latency_scale=0) as s:
         assert httpx.get(f"{s.base}/healthz").json()["prompts"] == len(
             {(" ".join((r.system_prompt or "").split()), " ".join(r.user_prompt.split())) for r in rows}
         )
