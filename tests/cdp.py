@@ -27,22 +27,9 @@ import aiohttp
 from tierguard.localenv.ports import free_port
 from tierguard.localenv.process import ManagedProcess
 
-CI = os.environ.get("CI") == "true"
-
-
-def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
 
 class Browser:
-    def __init__(self, binary: str | None = None) -> None:
-        path = binary or chromium_path()
-        if path is None:
-            raise FileNotFoundError("no chromium binary on PATH (Debian package 'chromium')")
+    def __init__(self, path: str) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tierguard-chromium-"))
         self.port = free_port()
         self.proc = ManagedProcess(

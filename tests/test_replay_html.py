@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from needs import unavailable
+from needs import chromium
 from test_replay import POLICY, make_rows, tierguard, write_jsonl
 
 
@@ -41,14 +41,6 @@ def test_html_is_self_contained(report_dir):
     for name in ("capable-only", "pre-route-classifier", "allowlist", "cascade+shadow", "aggregate-review"):
         assert name in html
     assert "malformed lines skipped" in html
-
-
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 def _png_pixels(data):
@@ -93,9 +85,7 @@ def _png_pixels(data):
 
 @pytest.mark.slow
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        unavailable("no Chromium installed (apt-get install -y chromium)")  # .ci/install.sh installs it
+    browser = chromium()  # .ci/install.sh installs it
     html = report_dir / "report.html"
     flags = [
         "--headless",

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from cdp import CI, Browser, chromium_path
+import needs
+from cdp import Browser
 from procs import start_review
 from tierguard.cli import main as cli_main
 from tierguard.review.estimate import SampledItem, estimates
@@ -95,16 +96,13 @@ def test_bad_token_file_and_store_are_clear_errors(tmp_path, capsys):
 
 
 def test_reviewer_labels_with_the_keyboard_in_chromium(review, tmp_path):
-    if chromium_path() is None:
-        if CI:
-            pytest.fail("chromium is required in CI (Debian package 'chromium')")
-        pytest.skip("no chromium")
+    binary = needs.chromium()
     proc, url = review
     with urllib.request.urlopen(f"{proc.base}/metrics") as r:
         before = r.read().decode()
     assert _metric(before, "tierguard_review_labels", policy="pol", revision="r1", tier="cheap") == 40
 
-    with Browser() as b:
+    with Browser(binary) as b:
         b.open(proc.base + "/")
         b.wait_for("document.body.dataset.ready === '1'")
         # aggregate green, tier red: the cheap tier's row is marked, the aggregate's is not

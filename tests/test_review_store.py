@@ -3,7 +3,6 @@ package, started on loopback by the fixture), and the writer's bounded, non-bloc
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -11,6 +10,7 @@ import uuid
 
 import pytest
 
+import needs
 from tierguard.review.store import (
     SCHEMA_VERSION,
     Event,
@@ -22,24 +22,13 @@ from tierguard.review.store import (
 )
 from tierguard.review.writer import ReviewWriter
 
-CI = os.environ.get("CI") == "true"
-
 
 @pytest.fixture(scope="module")
 def pg_server():
-    try:
-        from infra.postgres import MissingPostgres, PostgresServer
-    except ImportError as err:  # psycopg missing
-        if CI:
-            pytest.fail(f"psycopg is needed for the PostgreSQL tests: {err}")
-        pytest.skip(f"psycopg not installed: {err}")
-    try:
-        server = PostgresServer()
-    except MissingPostgres as err:
-        if CI:
-            pytest.fail(str(err))
-        pytest.skip(str(err))
-    with server:
+    needs.postgres()
+    from infra.postgres import PostgresServer
+
+    with PostgresServer() as server:
         yield server
 
 
