@@ -220,11 +220,9 @@ class Store:
         sql = self._sql(f"INSERT INTO items ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING")
 
         def go(cur: Any) -> int:
-            added = 0
-            for it in items:
-                cur.execute(sql, tuple(asdict(it).values()))
-                added += max(cur.rowcount, 0)
-            return added
+            # one statement for the batch (psycopg pipelines it: no round trip per row)
+            cur.executemany(sql, [tuple(asdict(it).values()) for it in items])
+            return max(cur.rowcount, 0)
 
         return self._run(go)
 
@@ -240,8 +238,9 @@ class Store:
         )
 
         def go(cur: Any) -> None:
-            for r in rows:
-                cur.execute(sql, (r.hour, r.policy, r.revision, r.tier, r.band, r.seen, r.sampled))
+            cur.executemany(
+                sql, [(r.hour, r.policy, r.revision, r.tier, r.band, r.seen, r.sampled) for r in rows]
+            )
 
         self._run(go)
 
@@ -273,10 +272,13 @@ class Store:
         )
 
         def go(cur: Any) -> None:
-            for r in results:
-                cur.execute(
-                    sql, (r.response_id, r.ts, r.policy, r.revision, r.tier, int(r.agree), r.cost_usd)
-                )
+            cur.executemany(
+                sql,
+                [
+                    (r.response_id, r.ts, r.policy, r.revision, r.tier, int(r.agree), r.cost_usd)
+                    for r in results
+                ],
+            )
 
         self._run(go)
 
@@ -411,7 +413,9 @@ class SQLiteStore(Store):
         return isinstance(err, sqlite3.OperationalError)
 
     def _lock_migrations(self, cur: Any) -> None:
-        pass  # sqlite3 opens the write transaction on the first write; one file, one writer
+        # take the write lock before reading the schema version: another process migrating at the
+        # same time waits (busy timeout) and then sees the migrations done
+        cur.execute("BEGIN IMMEDIATE")
 
     def close(self) -> None:
         with self._lock:
