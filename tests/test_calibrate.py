@@ -6,7 +6,7 @@ import yaml
 
 from needs import shared_data
 from test_replay import POLICY, REPO, make_rows, tierguard, write_jsonl
-from tierguard.calibrate import (
+from tierguard.calibration import (
     SelectionObjective,
     calibrate,
     capable_baseline,
@@ -15,8 +15,8 @@ from tierguard.calibrate import (
     pav,
 )
 from tierguard.confidence import CalibrationMap
+from tierguard.outcomes import Row, load_dataset
 from tierguard.policy import TierConfidence, load_policy_spec
-from tierguard.replay.data import Row, load_dataset
 
 
 def test_pav_is_monotone_and_pools_ties():
@@ -209,7 +209,7 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
 
 
 def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it():
-    from tierguard.calibrate import reached_confidences, with_confidence
+    from tierguard.calibration import reached_confidences, with_confidence
     from tierguard.cascade import route
     from tierguard.drift import reference_fractions
 

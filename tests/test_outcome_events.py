@@ -122,7 +122,7 @@ def _replica(store, log):
     registry = CollectorRegistry()
     metrics = ReviewMetrics(registry)
     ep = OutcomeEndpoint(
-        metrics, lambda: SIGNER, lambda: SPEC, lambda: "pol", lambda: store, log.append, clock=lambda: NOW
+        metrics, verify, lambda: SPEC, lambda: "pol", lambda: store, log.append, clock=lambda: NOW
     )
     app = web.Application()
     app.router.add_post("/v1/outcomes", ep.handle)
@@ -172,13 +172,13 @@ def test_without_a_store_duplicates_are_caught_per_replica_and_a_down_store_is_5
     async def scenario():
         log: list = []
         registry = CollectorRegistry()
-        local = OutcomeEndpoint(ReviewMetrics(registry), lambda: SIGNER, lambda: SPEC, lambda: "pol", lambda: None,
+        local = OutcomeEndpoint(ReviewMetrics(registry), verify, lambda: SPEC, lambda: "pol", lambda: None,
                                 log.append, clock=lambda: NOW)
         store = open_store(f"sqlite:{tmp_path / 'r.db'}")
         store.close()
         (tmp_path / "r.db").unlink()
         (tmp_path / "r.db").mkdir()  # the store's file is now a directory: every write fails
-        down = OutcomeEndpoint(ReviewMetrics(CollectorRegistry()), lambda: SIGNER, lambda: SPEC, lambda: "pol",
+        down = OutcomeEndpoint(ReviewMetrics(CollectorRegistry()), verify, lambda: SPEC, lambda: "pol",
                                lambda: store, log.append, clock=lambda: NOW)
         app = web.Application()
         app.router.add_post("/local", local.handle)

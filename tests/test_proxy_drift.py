@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from needs import prometheus, shared_data
 from procs import REPO, start_proxy, start_sim, write_outcomes
 from tierguard import metric_names
-from tierguard.cli import UserError
 from tierguard.drift import CONFIDENCE_EDGES, histogram, psi, reference_fractions
+from tierguard.errors import UserError
 from tierguard.policy import Revision, parse_policy_spec
 from tierguard.proxy.drift_monitor import DriftMonitor, DriftSettings
 

@@ -15,9 +15,9 @@ import pytest
 from needs import shared_data
 from procs import child_env
 from tierguard.cascade import route
+from tierguard.outcomes import Row, load_dataset
 from tierguard.policy import load_policy_spec
 from tierguard.replay import strategies as st
-from tierguard.replay.data import Row, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CATEGORIES = [
@@ -160,7 +160,7 @@ def test_replay_report_numbers(synth):
 
     # recompute the cascade's numbers from the fitted policy with the proxy's decision code
     _, spec = load_policy_spec(policy)
-    from tierguard.calibrate import with_confidence
+    from tierguard.calibration import with_confidence
 
     fitted = with_confidence(
         spec,

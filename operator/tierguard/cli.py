@@ -1,9 +1,8 @@
 """The single ``tierguard`` command. Each sub-command lives in its own module, imported on use.
 
 A command module provides ``configure(parser: argparse.ArgumentParser) -> None`` and
-``run(args: argparse.Namespace) -> int``. Errors meant for the user are raised as
-:class:`UserError` (or ``PolicyError``/``OutcomeFormatError``/``FileNotFoundError``) and printed
-without a traceback.
+``run(args: argparse.Namespace) -> int``. Errors meant for the user are raised as one of
+:data:`tierguard.errors.USER_ERRORS` and printed without a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import USER_ERRORS
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("tierguard.kube.main", "run the Kubernetes operator"),
@@ -30,10 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("tierguard.kube.control", "show a policy's rollout status"),
     "demo": ("tierguard.demo.main", "a rollout and an automatic rollback, live, on this machine"),
 }
-
-
-class UserError(Exception):
-    """An error whose message is the whole story: printed without a traceback, exit 2."""
 
 
 def _usage() -> str:
@@ -66,12 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.set_defaults(command=name)  # shared modules (promote/abort/...) read it in configure()
     module.configure(parser)
     ns = parser.parse_args(args[1:])
-    from .outcomes import OutcomeFormatError
-    from .policy import PolicyError
-
     try:
         return int(module.run(ns) or 0)
-    except (UserError, PolicyError, OutcomeFormatError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"tierguard {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ Aggregation works in probability space:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 Aggregate = Literal["min", "mean", "quantile"]
@@ -25,15 +25,21 @@ def token_probabilities(logprobs: Sequence[float]) -> list[float]:
     return [min(1.0, math.exp(lp)) if lp > -745.0 else 0.0 for lp in logprobs]
 
 
+def interpolate(at: Callable[[int], float], n: int, pos: float) -> float:
+    """The value at fractional index ``pos`` of ``n`` ordered values ``at(0) .. at(n - 1)``, linearly
+    interpolated between its neighbours. At ``pos = q * (n - 1)`` this is the ``q`` quantile by
+    numpy's default method; every quantile in the package is computed here."""
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    low = at(lo)
+    return low + (at(hi) - low) * (pos - lo)
+
+
 def quantile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolated quantile of already sorted values (numpy's default method)."""
     if not sorted_values:
         raise ValueError("quantile of no values")
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+    return interpolate(sorted_values.__getitem__, len(sorted_values), q * (len(sorted_values) - 1))
 
 
 def aggregate(logprobs: Sequence[float], method: Aggregate = "quantile", q: float = 0.1) -> float:
@@ -74,14 +80,11 @@ def best_case(
         return (sum(probs) + n_future) / n_total
     if method == "quantile":
         ordered = sorted(probs)
-        pos = q * (n_total - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, n_total - 1)
 
         def at(i: int) -> float:
             return ordered[i] if i < len(ordered) else 1.0
 
-        return at(lo) + (at(hi) - at(lo)) * (pos - lo)
+        return interpolate(at, n_total, q * (n_total - 1))
     raise ValueError(f"unknown aggregation {method!r}")
 
 

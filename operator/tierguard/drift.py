@@ -27,6 +27,8 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from .confidence import interpolate, quantile
+
 DEFAULT_EPS = 1e-4
 
 # Fixed bins for answer confidences in [0, 1]. Confidences from token log-probabilities pile up
@@ -56,10 +58,7 @@ def quantile_edges(reference: Sequence[float], bins: int = 10) -> list[float]:
     edges: list[float] = []
     n = len(values)
     for i in range(1, bins):
-        pos = i * (n - 1) / bins
-        lo = math.floor(pos)
-        hi = min(lo + 1, n - 1)
-        e = values[lo] + (values[hi] - values[lo]) * (pos - lo)
+        e = interpolate(values.__getitem__, n, i * (n - 1) / bins)
         if (not edges or e > edges[-1]) and e < values[-1]:
             edges.append(e)
     if not edges and values[0] < values[-1]:
@@ -264,8 +263,4 @@ def upper_quantile(values: Sequence[float], alpha: float) -> float:
         raise ValueError("no values")
     if not 0.0 < alpha < 1.0:
         raise ValueError("alpha must lie in (0, 1)")
-    ordered = sorted(values)
-    pos = (1.0 - alpha) * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return quantile(sorted(values), 1.0 - alpha)

@@ -10,18 +10,32 @@ One JSON object per line (see docs/outcomes-format.md)::
 
 Only ``user_prompt`` and ``models.*.answer`` are required. A malformed line is reported with its
 line number; lenient loading skips it and counts it, strict loading stops at it.
+
+:func:`load_dataset` aligns the records to a policy's tiers for ``replay`` and ``calibrate``: one
+:class:`Row` per query that every tier answered. A tier's raw confidence comes from
+:func:`tierguard.judging.recorded_raw_confidence` on the recorded log-probability (one answer
+token: ``exp(conf_logprob)``), so replay sees exactly the number the proxy would compute. A row
+whose tier model is missing, or lacks ``correct``, or has no cost (neither ``cost_usd`` nor tokens
+with tier prices) cannot be scored: it is skipped and counted with its reason, never dropped
+silently.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import OutcomeFormatError
+from .judging import recorded_raw_confidence
+from .policy import CascadeSpec, Tier
 
 
 class ModelOutcome(BaseModel):
@@ -68,14 +82,6 @@ class OutcomeRecord(BaseModel):
     @classmethod
     def _qid_str(cls, v: Any) -> str:
         return "" if v is None else str(v)
-
-
-class OutcomeFormatError(ValueError):
-    def __init__(self, path: str, line: int, reason: str) -> None:
-        super().__init__(f"{path}:{line}: {reason}")
-        self.path = path
-        self.line = line
-        self.reason = reason
 
 
 def _reason(err: ValidationError) -> str:
@@ -151,3 +157,125 @@ def load_outcomes(path: str | Path, *, strict: bool = False) -> Outcomes:
 def prompt_key(system_prompt: str | None, user_prompt: str) -> str:
     """The key the simulator looks recorded answers up by (whitespace-normalised)."""
     return " ".join((system_prompt or "").split()) + "\x00" + " ".join(user_prompt.split())
+
+
+# --- aligned to a policy's tiers (replay, calibrate) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    qid: str
+    benchmark: str | None
+    split: str | None
+    category: str | None
+    prompt: str
+    raw: tuple[float | None, ...]  # per tier; None: no confidence recorded
+    correct: tuple[bool, ...]
+    cost: tuple[float, ...]
+    answer: tuple[str, ...]
+
+
+@dataclass
+class Dataset:
+    path: str
+    tiers: list[str]
+    models: list[str]
+    rows: list[Row] = field(default_factory=list)
+    malformed: list[OutcomeFormatError] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    total_records: int = 0
+
+    def select(self, *, split: str | None = None, benchmark: str | None = None) -> list[Row]:
+        return [
+            r
+            for r in self.rows
+            if (split is None or r.split == split) and (benchmark is None or r.benchmark == benchmark)
+        ]
+
+    def benchmarks(self) -> list[str]:
+        return sorted({r.benchmark for r in self.rows if r.benchmark})
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "records": self.total_records,
+            "rows_used": len(self.rows),
+            "malformed_lines": len(self.malformed),
+            "malformed_examples": [str(e) for e in self.malformed[:10]],
+            "skipped_rows": sum(self.skipped.values()),
+            "skipped_reasons": dict(self.skipped.most_common()),
+        }
+
+
+def _cost(tier: Tier, out_cost: float | None, tokens_in: int | None, tokens_out: int | None) -> float | None:
+    if out_cost is not None:
+        return out_cost
+    if (
+        tokens_in is not None
+        and tokens_out is not None
+        and (tier.price_input_per_million or tier.price_output_per_million)
+    ):
+        return tier.cost_usd(tokens_in, tokens_out)
+    return None
+
+
+def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
+    """The record as a :class:`Row` for ``spec``'s tiers, or the reason it cannot be used."""
+    raws: list[float | None] = []
+    correct: list[bool] = []
+    costs: list[float] = []
+    answers: list[str] = []
+    for tier in spec.tiers:
+        out = record.models.get(tier.model)
+        if out is None:
+            return f"model {tier.model} missing"
+        if out.correct is None:
+            return f"model {tier.model}: no 'correct'"
+        cost = _cost(tier, out.cost_usd, out.tokens_in, out.tokens_out)
+        if cost is None:
+            return f"model {tier.model}: no cost_usd (and no tokens with tier prices)"
+        raws.append(recorded_raw_confidence(spec, out.conf_logprob))
+        correct.append(out.correct)
+        costs.append(cost)
+        answers.append(out.answer)
+    return Row(
+        qid=record.qid,
+        benchmark=record.benchmark,
+        split=record.split,
+        category=record.category,
+        prompt=record.user_prompt,
+        raw=tuple(raws),
+        correct=tuple(correct),
+        cost=tuple(costs),
+        answer=tuple(answers),
+    )
+
+
+def load_dataset(
+    path: str | Path, spec: CascadeSpec, *, strict: bool = False, benchmarks: Sequence[str] | None = None
+) -> Dataset:
+    """Load outcomes and align them to ``spec``. ``strict``: stop at the first malformed line."""
+    outcomes = load_outcomes(path, strict=strict)
+    ds = Dataset(path=str(path), tiers=[t.name for t in spec.tiers], models=[t.model for t in spec.tiers])
+    ds.malformed = list(outcomes.skipped)
+    ds.total_records = len(outcomes.records) + len(outcomes.skipped)
+    wanted = set(benchmarks) if benchmarks else None
+    for rec in outcomes.records:
+        if wanted is not None and rec.benchmark not in wanted:
+            continue
+        item = align(rec, spec)
+        if isinstance(item, str):
+            ds.skipped[item] += 1
+        else:
+            ds.rows.append(item)
+    return ds
+
+
+def warn_skipped(ds: Dataset, prog: str) -> None:
+    """Tell the user on stderr what was skipped (first lines by number), never silently."""
+    for err in ds.malformed[:10]:
+        print(f"{prog}: warning: skipped malformed line {err}", file=sys.stderr)
+    if len(ds.malformed) > 10:
+        print(f"{prog}: warning: ... and {len(ds.malformed) - 10} more malformed lines", file=sys.stderr)
+    for reason, n in ds.skipped.most_common():
+        print(f"{prog}: warning: skipped {n} rows: {reason}", file=sys.stderr)

@@ -31,6 +31,7 @@ from pydantic.alias_generators import to_camel
 from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
 from .drift import CONFIDENCE_BINS, check_reference
+from .errors import PolicyError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CAPABLE_ONLY = "capable-only"
@@ -368,11 +369,10 @@ class OutcomeSpec(Model):
         return events
 
 
-class ProxyDeployment(Model):
-    replicas: int = Field(default=2, ge=1, le=100)
-    image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
-    port: int = Field(default=8080, ge=1, le=65535)
-    resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
+class ProxyBehaviour(Model):
+    """How the proxy treats requests: the settings a CascadePolicy's ``spec.proxy`` and a
+    ProxyConfig's ``settings`` share (:meth:`ProxySettings.from_deployment` carries them over)."""
+
     feedback_key: SecretSource | None = Field(default=None, description="HMAC key for signed response ids.")
     shadow_rate: float = Field(
         default=0.0,
@@ -389,6 +389,13 @@ class ProxyDeployment(Model):
     outcomes: OutcomeSpec | None = Field(
         default=None, description="Outcome events (POST /v1/outcomes); the defaults when omitted."
     )
+
+
+class ProxyDeployment(ProxyBehaviour):
+    replicas: int = Field(default=2, ge=1, le=100)
+    image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
+    port: int = Field(default=8080, ge=1, le=65535)
+    resources: dict[str, dict[str, str]] | None = Field(default=None, description="Container resources.")
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=100,
@@ -491,31 +498,16 @@ class Revision(Model):
         return cls(name=name, mode=mode, cascade=cascade)
 
 
-class ProxySettings(Model):
+class ProxySettings(ProxyBehaviour):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
     decision_log: str | None = Field(
         default="-", description="Path of the JSONL decision log; '-' is stdout."
-    )
-    feedback_key: SecretSource | None = None
-    shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    shadow_max_in_flight: int = Field(default=16, ge=1, le=10000)
-    review: ReviewSpec | None = Field(default=None, description="Review sampling; off when omitted.")
-    outcomes: OutcomeSpec | None = Field(
-        default=None, description="Outcome events (POST /v1/outcomes); the defaults when omitted."
     )
 
     @classmethod
     def from_deployment(cls, proxy: ProxyDeployment) -> ProxySettings:
         """The proxy settings a CascadePolicy's ``spec.proxy`` asks for."""
-        return cls(
-            feedback_key=proxy.feedback_key,
-            shadow_rate=proxy.shadow_rate,
-            shadow_max_in_flight=proxy.shadow_max_in_flight,
-            log_prompts=proxy.log_prompts,
-            review=proxy.review,
-            outcomes=proxy.outcomes,
-        )
+        return cls(**{name: getattr(proxy, name) for name in ProxyBehaviour.model_fields})
 
 
 class ProxyConfig(Model):
@@ -540,10 +532,6 @@ class ProxyConfig(Model):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message says what to fix."""
-
-
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -559,6 +547,24 @@ def parse_policy_spec(data: Any, source: str = "policy") -> CascadePolicySpec:
         raise PolicyError(f"{source}: invalid CascadePolicy spec:\n{_format_validation_error(err)}") from None
 
 
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parsed YAML (or JSON); PolicyError naming ``source`` when it is not valid."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source}: not valid YAML: {err}") from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A policy or config file's parsed YAML (or JSON); PolicyError when it cannot be read or parsed."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
+    return parse_yaml(text, str(p))
+
+
 def load_proxy_config(path: str | Path) -> ProxyConfig:
     """Load a proxy config from YAML/JSON.
 
@@ -566,16 +572,7 @@ def load_proxy_config(path: str | Path) -> ProxyConfig:
     (``apiVersion: tierguard.io/v1alpha1``, ``kind: CascadePolicy``) or a bare CascadePolicy spec;
     the latter two become a config whose stable revision is the policy's cascade.
     """
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{p}: not valid YAML: {err}") from None
-    return proxy_config_from_data(data, str(p))
+    return proxy_config_from_data(load_yaml(path), str(path))
 
 
 def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
@@ -609,12 +606,7 @@ def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
 def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     """Load a CascadePolicy (manifest or bare spec): (name, spec). Used by replay and calibrate."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{p}: not valid YAML: {err}") from None
+    data = load_yaml(p)
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
         return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(
             data.get("spec"), str(p)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..cli import UserError
+from ..errors import UserError
 from .client import ACTION_ANNOTATION, KubeApi, KubeError, load_api_client, policy_path
 
 ACTIONS = ("promote", "abort", "resume")

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel
 
 from .. import API_GROUP, API_VERSION
+from ..errors import UserError
 from ..policy import CascadePolicySpec, QualitySLOSpec
 from ..rollout.status import PolicyStatus
 
@@ -422,8 +423,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-
     if args.check:
         directory = Path(args.out or "crds")
         if not directory.is_dir():

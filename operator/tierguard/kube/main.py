@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from ..cli import UserError
+from ..errors import UserError
 from ..metrics.provider import MetricsProvider, ProviderError
 from ..policy import CascadePolicySpec, QualitySLOSpec
 from ..rollout.analysis import observe

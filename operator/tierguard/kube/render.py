@@ -24,12 +24,14 @@ import yaml
 from pydantic import ValidationError
 
 from .. import API_GROUP, API_VERSION
+from ..errors import PolicyError
 from ..policy import (
     CascadePolicySpec,
     ProxyConfig,
     ProxySettings,
     Revision,
     parse_duration,
+    parse_yaml,
 )
 from ..rollout.status import PolicyStatus
 
@@ -149,8 +151,8 @@ def config_from_config_map(cm: Mapping[str, Any] | None) -> ProxyConfig | None:
     if not text:
         return None
     try:
-        return ProxyConfig.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError):
+        return ProxyConfig.model_validate(parse_yaml(text, CONFIG_KEY))
+    except (PolicyError, ValidationError):
         return None
 
 

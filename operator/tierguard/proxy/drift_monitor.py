@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli import UserError
 from ..drift import CONFIDENCE_EDGES, PSIWindow
+from ..errors import UserError
 from ..policy import CAPABLE_ONLY, Revision
 
 ENV_WINDOW = "TIERGUARD_PSI_WINDOW"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..cli import UserError
+from ..errors import UserError
 from ..policy import PolicyError
 from .app import ProxyApp
 from .decision_log import DecisionLog

@@ -13,9 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from ..policy import PolicyError, ProxyConfig, proxy_config_from_data
+from ..policy import PolicyError, ProxyConfig, parse_yaml, proxy_config_from_data
 
 log = logging.getLogger("tierguard.proxy.reload")
 
@@ -23,11 +21,7 @@ log = logging.getLogger("tierguard.proxy.reload")
 def read_config(path: Path) -> tuple[str, ProxyConfig]:
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{path}: not valid YAML: {err}") from None
-    return digest, proxy_config_from_data(data, str(path))
+    return digest, proxy_config_from_data(parse_yaml(raw, str(path)), str(path))
 
 
 async def watch(

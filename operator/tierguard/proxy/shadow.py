@@ -19,15 +19,7 @@ from ..answers import answers_agree
 from .decision_log import DecisionLog
 from .metrics import ProxyMetrics
 from .runtime import RevisionRuntime
-from .upstream import TierFailure
-
-
-def message_text(body: dict[str, Any]) -> str:
-    try:
-        content = body["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
-    return content if isinstance(content, str) else ""
+from .upstream import TierFailure, message_text
 
 
 class ShadowScorer:

@@ -24,6 +24,7 @@ class TierFailure(Exception):
         super().__init__(message)
         self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | client_error | malformed
         self.status = status
+        self.latency_s = 0.0  # how long the call ran before it failed, where the caller timed it
 
 
 # Upstream statuses that blame the request itself (bad parameters, too large): the client's
@@ -55,6 +56,15 @@ class Completion:
     latency_s: float
     tokens_in: int
     tokens_out: int
+
+
+def message_text(body: dict[str, Any]) -> str:
+    """The answer text of a (non-streamed) chat completion; empty when it has none."""
+    try:
+        content = body["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return content if isinstance(content, str) else ""
 
 
 def token_logprobs(choice: dict[str, Any]) -> list[float]:

@@ -11,15 +11,23 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..calibrate import DEFAULT_CONFIDENCE, NEVER_ACCEPTS, SelectionObjective, calibrate, evaluate, needs_fit
-from ..cli import UserError
+from ..calibration import (
+    DEFAULT_CONFIDENCE,
+    NEVER_ACCEPTS,
+    SelectionObjective,
+    calibrate,
+    evaluate,
+    needs_fit,
+)
+from ..errors import UserError
+from ..outcomes import Dataset, Row, load_dataset, warn_skipped
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
-from .data import Dataset, Row, load_dataset, warn_skipped
 
 STRATEGIES = ("capable-only", "pre-route-classifier", "allowlist", "cascade", "cascade+shadow")
 THRESHOLD_GRID = (
@@ -194,6 +202,99 @@ def _interp(points: Sequence[dict[str, Any]], cost: float, key: str) -> float | 
     return max(v for c, v in env if c <= cost) if env else best
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a strategy's routing is scored: on the test rows, against the capable tier's cost."""
+
+    test: Sequence[Row]
+    n_tiers: int
+    capable_cost: float
+
+    def metrics(self, r: st.Routing) -> dict[str, Any]:
+        return st.metrics(self.test, r, self.n_tiers, self.capable_cost)
+
+    def point(self, r: st.Routing) -> dict[str, Any]:
+        """A frontier point: the headline numbers and the per-tier shares."""
+        full = self.metrics(r)
+        keys = ("accuracy", "cost_per_query_usd", "savings_vs_capable", "long_tail_accuracy")
+        return {k: full[k] for k in keys} | {"shares": [p["share"] for p in full["per_tier"]]}
+
+
+@dataclass
+class PreRouting:
+    """The pre-route classifiers' results: matched to the cascade's shares and to its cost."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    frontiers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    equal_cost: dict[str, Any] | None = None
+
+
+def pre_route(
+    sc: Scoring, train: Sequence[Row], casc_m: dict[str, Any], progress: Progress, *, frontiers: bool
+) -> PreRouting:
+    """The TF-IDF + logistic-regression pre-router (and the embedding k-NN one when its model is
+    installed), each at the cascade's per-tier shares and at its mean cost."""
+    out = PreRouting()
+    shares = [p["share"] for p in casc_m["per_tier"]]
+    progress(f"pre-route classifier: fitting TF-IDF + logistic regression on {len(train)} train rows")
+    routers: list[st.PreRouter] = [st.PreRouter(sc.n_tiers).fit(train)]
+    encoder, why = st.load_embedding_encoder()
+    if encoder is None:
+        out.notes.append(why)
+    else:
+        progress("pre-route classifier: embedding k-NN variant")
+        routers.append(st.EmbeddingPreRouter(sc.n_tiers, encoder).fit(train))
+    for router in routers:
+        suffix = "" if router.kind == "tfidf-logreg" else f" ({router.kind})"
+        scores = router.scores(sc.test)
+        r = st.preroute_at_shares(scores, sc.test, shares, f"pre-route-classifier{suffix}")
+        r.notes = {"model": router.kind, "matched": "per-tier shares of the cascade"}
+        out.results.append(sc.metrics(r))
+        rc = st.preroute_at_cost(
+            scores, sc.test, casc_m["cost_per_query_usd"], f"pre-route-classifier@cost{suffix}"
+        )
+        rc.notes = {"model": router.kind, "matched": "mean cost of the cascade", **rc.notes}
+        eq = sc.metrics(rc)
+        out.results.append(eq)
+        if frontiers:
+            grid = sorted({i / 40 for i in range(41)})
+            out.frontiers[f"pre-route-classifier{suffix}"] = [
+                sc.point(st.preroute_at_threshold(scores, sc.test, tau, "p")) | {"tau": tau} for tau in grid
+            ]
+        if router.kind == "tfidf-logreg":
+            out.equal_cost = equal_cost(casc_m, eq)
+    return out
+
+
+def equal_cost(casc_m: dict[str, Any], eq: dict[str, Any]) -> dict[str, Any]:
+    """The cascade beside the pre-router matched to its mean cost."""
+    tails = (casc_m["long_tail_accuracy"], eq["long_tail_accuracy"])
+    return {
+        "cascade_cost": casc_m["cost_per_query_usd"],
+        "pre_route_cost": eq["cost_per_query_usd"],
+        "cascade_accuracy": casc_m["accuracy"],
+        "pre_route_accuracy": eq["accuracy"],
+        "accuracy_gap": casc_m["accuracy"] - eq["accuracy"],
+        "cascade_long_tail": tails[0],
+        "pre_route_long_tail": tails[1],
+        "long_tail_gap": tails[0] - tails[1] if tails[0] is not None and tails[1] is not None else None,
+    }
+
+
+def allowlist_frontier(sc: Scoring, spec: CascadePolicySpec, train: Sequence[Row]) -> list[dict[str, Any]]:
+    return [
+        sc.point(st.allowlist(spec, sc.test, st.allowlist_table(train, sc.n_tiers, d), d))
+        | {"max_accuracy_drop": d}
+        for d in ALLOWLIST_GRID
+    ]
+
+
+def _strategy_order(result: dict[str, Any]) -> int:
+    order = {n: i for i, n in enumerate(STRATEGIES)}
+    return order.get(result["strategy"].split("@")[0].split(" ")[0], 99)
+
+
 def evaluate_strategies(
     spec: CascadePolicySpec,
     train: Sequence[Row],
@@ -206,98 +307,45 @@ def evaluate_strategies(
 ) -> dict[str, Any]:
     n_t = len(spec.tiers)
     cap = st.capable_only(spec, test)
-    cap_cost = sum(cap.cost) / len(test)
-
-    def m(r: st.Routing) -> dict[str, Any]:
-        return st.metrics(test, r, n_t, cap_cost)
-
-    def point(r: st.Routing) -> dict[str, Any]:
-        full = m(r)
-        keys = ("accuracy", "cost_per_query_usd", "savings_vs_capable", "long_tail_accuracy")
-        return {k: full[k] for k in keys} | {"shares": [p["share"] for p in full["per_tier"]]}
-
-    results: list[dict[str, Any]] = [m(cap)]
-    notes: list[str] = []
-    fr: dict[str, list[dict[str, Any]]] = {}
+    sc = Scoring(test, n_t, sum(cap.cost) / len(test))
+    results: list[dict[str, Any]] = [sc.metrics(cap)]
     casc = st.cascade(spec, test)
-    casc_m = m(casc)
-    shares = [p["share"] for p in casc_m["per_tier"]]
-    equal_cost: dict[str, Any] | None = None
-    if "pre-route-classifier" in names:
-        progress(f"pre-route classifier: fitting TF-IDF + logistic regression on {len(train)} train rows")
-        routers: list[st.PreRouter] = [st.PreRouter(n_t).fit(train)]
-        encoder, why = st.load_embedding_encoder()
-        if encoder is None:
-            notes.append(why)
-        else:
-            progress("pre-route classifier: embedding k-NN variant")
-            routers.append(st.EmbeddingPreRouter(n_t, encoder).fit(train))
-        for router in routers:
-            suffix = "" if router.kind == "tfidf-logreg" else f" ({router.kind})"
-            scores = router.scores(test)
-            r = st.preroute_at_shares(scores, test, shares, f"pre-route-classifier{suffix}")
-            r.notes = {"model": router.kind, "matched": "per-tier shares of the cascade"}
-            results.append(m(r))
-            rc = st.preroute_at_cost(
-                scores, test, casc_m["cost_per_query_usd"], f"pre-route-classifier@cost{suffix}"
-            )
-            rc.notes = {"model": router.kind, "matched": "mean cost of the cascade", **rc.notes}
-            eq = m(rc)
-            results.append(eq)
-            if frontiers:
-                grid = sorted({i / 40 for i in range(41)})
-                fr[f"pre-route-classifier{suffix}"] = [
-                    point(st.preroute_at_threshold(scores, test, tau, "p")) | {"tau": tau} for tau in grid
-                ]
-            if router.kind == "tfidf-logreg":
-                equal_cost = {
-                    "cascade_cost": casc_m["cost_per_query_usd"],
-                    "pre_route_cost": eq["cost_per_query_usd"],
-                    "cascade_accuracy": casc_m["accuracy"],
-                    "pre_route_accuracy": eq["accuracy"],
-                    "accuracy_gap": casc_m["accuracy"] - eq["accuracy"],
-                    "cascade_long_tail": casc_m["long_tail_accuracy"],
-                    "pre_route_long_tail": eq["long_tail_accuracy"],
-                    "long_tail_gap": (
-                        casc_m["long_tail_accuracy"] - eq["long_tail_accuracy"]
-                        if casc_m["long_tail_accuracy"] is not None and eq["long_tail_accuracy"] is not None
-                        else None
-                    ),
-                }
+    casc_m = sc.metrics(casc)
+    pre = (
+        pre_route(sc, train, casc_m, progress, frontiers=frontiers)
+        if "pre-route-classifier" in names
+        else PreRouting()
+    )
+    results += pre.results
+    fr = pre.frontiers
     if "allowlist" in names:
         table = st.allowlist_table(train, n_t, args.max_accuracy_drop)
-        results.append(m(st.allowlist(spec, test, table, args.max_accuracy_drop)))
+        results.append(sc.metrics(st.allowlist(spec, test, table, args.max_accuracy_drop)))
         if frontiers:
-            fr["allowlist"] = [
-                point(st.allowlist(spec, test, st.allowlist_table(train, n_t, d), d))
-                | {"max_accuracy_drop": d}
-                for d in ALLOWLIST_GRID
-            ]
+            fr["allowlist"] = allowlist_frontier(sc, spec, train)
     if "cascade" in names:
         results.append(casc_m)
     if "cascade+shadow" in names:
-        sh = st.with_shadow(casc, test, n_t, args.shadow_rate, args.seed)
-        results.append(m(sh))
+        results.append(sc.metrics(st.with_shadow(casc, test, n_t, args.shadow_rate, args.seed)))
     if frontiers:
         progress("frontiers: sweeping the cascade's thresholds")
-        fr["cascade"] = st.cascade_frontier(spec, test, THRESHOLD_GRID, point)
+        fr["cascade"] = st.cascade_frontier(spec, test, THRESHOLD_GRID, sc.point)
         fr["single-tier"] = [
-            point(st.single_tier(spec, test, t)) | {"tier": spec.tiers[t].name} for t in range(n_t)
+            sc.point(st.single_tier(spec, test, t)) | {"tier": spec.tiers[t].name} for t in range(n_t)
         ]
-        if equal_cost is not None and "pre-route-classifier" in fr:
+        if pre.equal_cost is not None and "pre-route-classifier" in fr:
             for key in ("accuracy", "long_tail_accuracy"):
-                equal_cost[f"pre_route_frontier_{key}_at_cascade_cost"] = _interp(
+                pre.equal_cost[f"pre_route_frontier_{key}_at_cascade_cost"] = _interp(
                     fr["pre-route-classifier"], casc_m["cost_per_query_usd"], key
                 )
-    order = {n: i for i, n in enumerate(STRATEGIES)}
-    results.sort(key=lambda x: order.get(x["strategy"].split("@")[0].split(" ")[0], 99))
+    results.sort(key=_strategy_order)
     return {
         "train_rows": len(train),
         "test_rows": len(test),
         "strategies": results,
         "frontiers": fr,
-        "equal_cost": equal_cost,
-        "notes": notes,
+        "equal_cost": pre.equal_cost,
+        "notes": pre.notes,
     }
 
 

@@ -40,10 +40,10 @@ from typing import Any
 from ..answers import answers_agree
 from ..cascade import route
 from ..drift import CONFIDENCE_EDGES, DEFAULT_EPS, BernoulliCUSUM, histogram, rate_shift, upper_quantile
+from ..outcomes import Row
 from ..policy import CascadeSpec, ReviewSpec
 from ..review.novelty import NoveltyReference
 from ..review.sampling import band_of, novelty_weight
-from .data import Row
 
 
 @dataclass(frozen=True)

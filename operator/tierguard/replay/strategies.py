@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..answers import answers_agree
+from ..calibration import with_confidence
 from ..cascade import capable_only as capable_route
 from ..cascade import route
-from ..cli import UserError
+from ..errors import UserError
+from ..outcomes import Row
 from ..policy import CascadePolicySpec, CascadeSpec
-from .data import Row
 
 LONG_TAIL_FRACTION = 0.1
 LONG_TAIL_MIN_ROWS = 5
@@ -163,8 +164,6 @@ def with_shadow(base: Routing, rows: Sequence[Row], n_tiers: int, rate: float, s
 
 
 def _spec_thresholds(spec: CascadePolicySpec, threshold: float) -> CascadePolicySpec:
-    from ..calibrate import with_confidence
-
     ts = [threshold] * (len(spec.tiers) - 1) + [spec.tiers[-1].confidence.threshold]
     return with_confidence(spec, thresholds=ts)
 

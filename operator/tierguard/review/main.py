@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from ..cli import UserError
+from ..errors import UserError
 from .novelty import NoveltyReference
 from .quality import QualitySettings
 from .store import StoreError, open_store

@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from ..policy import OutcomeSpec
-from ..proxy.ids import IdSigner, InvalidId, SeenIds
 from .metrics import ReviewMetrics
 from .outcome_events import (
     Accepted,
     BadBatch,
     Decided,
-    IdRejected,
     Rejected,
     batch_items,
     check_event,
@@ -39,11 +38,28 @@ def _error(
     )
 
 
+class RecentKeys:
+    """The last ``capacity`` keys seen on this replica (without a store: duplicates per replica)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """True if the key is new."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True
+
+
 class OutcomeEndpoint:
     def __init__(
         self,
         metrics: ReviewMetrics,
-        signer: Callable[[], IdSigner],
+        verify: Callable[[Any], Decided],
         spec: Callable[[], OutcomeSpec],
         policy: Callable[[], str],
         store: Callable[[], Store | None],
@@ -51,19 +67,13 @@ class OutcomeEndpoint:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
-        self.signer = signer
+        self.verify = verify  # raises IdRejected for an id the proxies did not sign
         self.spec = spec
         self.policy = policy
         self.store = store
         self.log = log
         self.clock = clock
-        self.seen = SeenIds()
-
-    def _verify(self, response_id: Any) -> Decided:
-        try:
-            return self.signer().verify(response_id)
-        except InvalidId as err:
-            raise IdRejected(err.reason) from None
+        self.seen = RecentKeys()
 
     async def handle(self, request: web.Request) -> web.Response:
         policy = self.policy()
@@ -81,7 +91,7 @@ class OutcomeEndpoint:
         now = self.clock()
         spec = self.spec()
         results: list[Accepted | Rejected] = [
-            check_event(i, e, spec, self._verify, now) for i, e in enumerate(items)
+            check_event(i, e, spec, self.verify, now) for i, e in enumerate(items)
         ]
         accepted = [r for r in results if isinstance(r, Accepted)]
         fresh = await self._dedupe(policy, accepted, now)

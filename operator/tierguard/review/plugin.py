@@ -16,11 +16,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ..policy import OutcomeSpec, ProxySettings, ReviewSpec
-from ..proxy.ids import IdSigner
 from .metrics import ReviewMetrics
 from .novelty import NoveltyReference
 from .observer import Answered, ReviewSampling
 from .outcome_endpoint import OutcomeEndpoint
+from .outcome_events import Decided
 from .store import ShadowResult, Store, open_store
 from .writer import ReviewWriter
 
@@ -33,7 +33,7 @@ class ReviewPlugin:
         self,
         registry: CollectorRegistry,
         policy: Callable[[], str],
-        signer: Callable[[], IdSigner],
+        verify: Callable[[Any], Decided],
         decision_log: Callable[[dict[str, Any]], None],
     ) -> None:
         self.metrics = ReviewMetrics(registry)
@@ -44,7 +44,7 @@ class ReviewPlugin:
         self._events_store: Store | None = None
         self._events_url = ""
         self.outcomes = OutcomeEndpoint(
-            self.metrics, signer, lambda: self.outcome_spec, policy, self._store, decision_log
+            self.metrics, verify, lambda: self.outcome_spec, policy, self._store, decision_log
         )
 
     def _store(self) -> Store | None:

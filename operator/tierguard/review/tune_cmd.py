@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from .store import StoreError, open_store
 
 
@@ -41,7 +42,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import with_confidence, write_policy
     from ..policy import load_policy_spec
     from .estimate import estimates
     from .tune import Label, tune_tier
@@ -97,9 +97,32 @@ def run(args: argparse.Namespace) -> int:
             f"{tier.name}: {ch.labels} labels, accuracy {acc}: threshold {ch.threshold:g} -> "
             f"{ch.new_threshold:g} ({ch.reason})"
         )
-    tuned = with_confidence(spec, thresholds=thresholds)
     header = "written by tierguard tune from review labels\n" + "\n".join(lines)
-    write_policy(args.policy, tuned, args.out, header)
+    write_thresholds(args.policy, thresholds, args.out, header)
     print("\n".join(lines), file=sys.stderr)
     print(f"policy written to {args.out}", file=sys.stderr)
     return 0
+
+
+def write_thresholds(source_path: str, thresholds: list[float], out: str, header: str) -> None:
+    """Write ``source_path``'s policy with the tiers' thresholds replaced (nothing else changes)."""
+    import yaml
+
+    from ..policy import PolicyError, load_yaml, parse_policy_spec
+
+    data = load_yaml(source_path)
+    body = data.get("spec") if isinstance(data, dict) and data.get("kind") == "CascadePolicy" else data
+    if not isinstance(body, dict) or not isinstance(body.get("tiers"), list):
+        raise PolicyError(f"{source_path}: no tiers list")
+    for raw_tier, threshold in zip(body["tiers"], thresholds, strict=True):
+        conf = raw_tier.setdefault("confidence", {})
+        if not isinstance(conf, dict):
+            raise PolicyError(f"{source_path}: a tier's confidence is not a mapping")
+        conf["threshold"] = threshold
+    parse_policy_spec(body, out)  # what we write must load
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    try:
+        Path(out).write_text(comment + text)
+    except OSError as err:
+        raise UserError(f"{out}: cannot write: {err.strerror}") from None

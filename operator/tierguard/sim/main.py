@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..outcomes import load_outcomes
 from .data import SimData
 from .server import Faults, Simulator, check_faults, serve

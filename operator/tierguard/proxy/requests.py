@@ -1,0 +1,89 @@
+"""What the proxy accepts from a client: reading a JSON body, and the checks on a chat request.
+
+:func:`read_json` reads a body (within ``settings.maxBodyBytes``) as JSON; :func:`validate_request`
+checks the parts of a chat-completions request the cascade relies on. Both raise
+:class:`BadRequest` (answered 400, or 413 for ``reason="too_large"``, with an OpenAI-style error
+naming ``param``). A new request field the cascade starts to rely on gets its check here, next to
+the others; ``reason`` becomes the label of ``tierguard_bad_requests_total``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, reason: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.param = param
+        self.reason = reason
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body parsed as JSON; BadRequest when it is too large or not JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest("request body too large", reason="too_large") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON", reason="bad_json") from None
+
+
+async def read_chat_request(request: web.Request) -> dict[str, Any]:
+    """A chat-completions request's body, read and checked."""
+    return validate_request(await read_json(request))
+
+
+def validate_request(body: Any) -> dict[str, Any]:
+    """Check the parts of a chat-completions request the cascade relies on."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", "messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise BadRequest(f"messages[{i}] must be an object with a valid 'role'", f"messages[{i}]")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadRequest(f"messages[{i}].content must be a string or an array", f"messages[{i}].content")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise BadRequest("'stream' must be a boolean", "stream")
+    for key in ("max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise BadRequest(f"'{key}' must be a positive integer", key)
+    n = body.get("n")
+    if n not in (None, 1):
+        raise BadRequest("a cascade answers with one choice: 'n' must be 1", "n")
+    if "user" in body and not isinstance(body["user"], str):
+        raise BadRequest("'user' must be a string", "user")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise BadRequest("'stream_options' must be an object", "stream_options")
+    if "logprobs" in body and not isinstance(body["logprobs"], bool | None):
+        raise BadRequest("'logprobs' must be a boolean", "logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+        raise BadRequest("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
+    for key in ("temperature", "top_p"):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise BadRequest(f"'{key}' must be a number", key)
+    return body
+
+
+def parse_feedback(body: Any) -> tuple[Any, str]:
+    """The (id, rating) of a ``/v1/feedback`` body; the id is checked by the signer."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    rating = body.get("rating")
+    if rating not in ("up", "down"):
+        raise BadRequest("'rating' must be 'up' or 'down'", "rating")
+    return body.get("id"), rating
