@@ -64,11 +64,13 @@ class ReviewPlugin:
     def _drop(self, reason: str, n: int) -> None:
         self.metrics.dropped.labels(self.policy(), reason).inc(n)
 
-    @staticmethod
-    def load_novelty(spec: ReviewSpec | None) -> NoveltyReference | None:
-        """The novelty reference a review spec names (ValueError when unreadable)."""
+    def load_novelty(self, spec: ReviewSpec | None) -> NoveltyReference | None:
+        """The novelty reference a review spec names (ValueError when unreadable); the one in
+        use when the spec did not change."""
         if spec is None or spec.novelty_reference is None:
             return None
+        if spec == self.spec and self.sampling is not None:
+            return self.sampling.novelty
         return NoveltyReference.load(spec.novelty_reference)
 
     def apply(self, settings: ProxySettings, novelty: NoveltyReference | None) -> None:
