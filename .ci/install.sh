@@ -25,9 +25,10 @@ fi
 
 # ---------------------------------------------------------------- apt packages
 # chromium: headless rendering check of the replay HTML report and the reviewer's page
+# lua5.4: runs the shipped Argo CD health check on real objects (tests/test_gitops_health.py)
 # postgresql: the review store's PostgreSQL tests start their own server (initdb/postgres from
 #   /usr/lib/postgresql/*/bin, as the unprivileged 'postgres' user the package creates)
-PKGS=(prometheus openssl ca-certificates curl util-linux chromium postgresql)
+PKGS=(prometheus openssl ca-certificates curl util-linux chromium lua5.4 postgresql)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -91,4 +92,5 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 log "building test binaries with $(go version) (cached; slow only the first time)"
 bash "$ROOT/tests/k8senv/build.sh"
+bash "$ROOT/tests/k8senv/kstatus/build.sh"   # the kstatus library, for tests/test_gitops_health.py
 log "done"

@@ -1,7 +1,8 @@
 """Proxy overhead (issue 2): tierguard's proxy vs calling the simulator directly vs LiteLLM's proxy.
 
-Non-streaming chat completions whose cheap tier accepts (tier-0 threshold 0.05), with prompts
-from the real recorded-outcomes file, sent by ``wrk`` (one thread) in these scenarios:
+Chat completions whose cheap tier accepts (tier-0 threshold 0.05), non-streaming (``--stream``:
+streamed), with prompts from the real recorded-outcomes file, sent by ``wrk`` (one thread) in
+these scenarios:
 
 - ``sat``: 64 connections, closed loop, no pause: requests/s at saturation and the latency there;
 - ``paced-R``: 64 connections that pause between requests so that about R requests/s are
@@ -112,7 +113,7 @@ class Run:
 # --- set-up -------------------------------------------------------------------------------------
 
 
-def build_bodies(data: Path, model: str, count: int, out: Path) -> int:
+def build_bodies(data: Path, model: str, count: int, out: Path, *, stream: bool = False) -> int:
     """Chat bodies for ``model`` from multiple-choice rows (short answers), deterministic order."""
     outcomes = load_outcomes(data)
     if model not in outcomes.models:
@@ -134,6 +135,8 @@ def build_bodies(data: Path, model: str, count: int, out: Path) -> int:
                 messages.append({"role": "system", "content": r.system_prompt})
             messages.append({"role": "user", "content": r.user_prompt})
             body = {"model": model, "messages": messages, "max_tokens": 16, "logprobs": True}
+            if stream:
+                body["stream"] = True
             fh.write(json.dumps(body) + "\n")
     return len(rows)
 
@@ -402,6 +405,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="50,500",
         help="offered req/s of the paced scenarios (comma list, '' for none)",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="every request asks for a streamed answer (SSE): tierguard buffers tier 0's stream, "
+        "judges it, then sends it",
+    )
     p.add_argument("--no-c1", action="store_true", help="skip the one-connection scenario")
     p.add_argument("--no-sat", action="store_true", help="skip the saturation scenario")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list from {ALL_TARGETS}")
@@ -467,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError(f"{args.data}: no such file (pass --data)")
     log_dir = make_log_dir("tierguard-bench-overhead-")
     bodies = log_dir / "bodies.jsonl"
-    n = build_bodies(args.data, args.model, args.prompts, bodies)
+    n = build_bodies(args.data, args.model, args.prompts, bodies, stream=args.stream)
     scenarios: list[Scenario] = []
     if not args.no_sat:
         scenarios.append(Scenario("sat", args.connections, 0.0))

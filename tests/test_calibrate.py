@@ -6,6 +6,7 @@ import yaml
 
 from needs import shared_data
 from test_replay import POLICY, REPO, make_rows, tierguard, write_jsonl
+from tierguard.calibrate import summary_lines
 from tierguard.calibration import (
     SelectionObjective,
     calibrate,
@@ -89,16 +90,21 @@ def load_policy_spec_text(text, tmp=None):
 
 def test_thresholds_meet_the_accuracy_objective_on_the_fitted_rows():
     rows = _rows(2000, 1)
-    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.0))
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01))
     ev = evaluate(cal.spec, rows)
     base = capable_baseline(rows)
     assert ev.accuracy >= base.accuracy - 0.01
     assert ev.shares[0] > 0.15  # the sure answers (raw >= 0.8) are accepted
     assert ev.cost < base.cost
     assert cal.spec.tiers[0].confidence.calibration
-    # a confidence bound is at least as conservative as the point estimate
-    bounded = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.95))
-    assert evaluate(bounded.spec, rows).accuracy >= ev.accuracy - 1e-12
+    assert cal.certificate is not None and cal.certificate.chosen is not None
+    # the written policy accepts exactly what was certified: the same losses and gains
+    chosen = cal.certificate.chosen
+    assert ev.shares == chosen.shares
+    assert round(1 - ev.cost / base.cost, 12) == round(chosen.savings, 12)
+    # a smaller delta is at least as conservative
+    strict = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, delta=0.001))
+    assert evaluate(strict.spec, rows).accuracy >= ev.accuracy - 1e-12
 
 
 def test_target_cost_objective():
@@ -119,7 +125,10 @@ def files(tmp_path):
 def test_calibrate_command_writes_a_loadable_policy(files):
     data, policy, tmp = files
     out = tmp / "calibrated.yaml"
-    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--split", "train", "--out", out)
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--split", "train", "--out", out,
+        "--max-accuracy-drop", "0.05",
+    )  # fmt: skip
     assert f"{data}:8: expected a JSON object" in proc.stderr  # the malformed line, by number
     assert "objective: largest savings" in proc.stdout
     assert "savings" in proc.stdout and f"wrote {out}" in proc.stdout
@@ -158,7 +167,9 @@ def test_calibrate_command_errors(files):
         check=False,
     )
     assert proc.returncode == 2
-    assert "no usable rows for split 'validation'" in proc.stderr and "synth/train" in proc.stderr
+    assert (
+        "no rows of split 'validation'; the file has splits: test (600 rows), train (300 rows)" in proc.stderr
+    )
     proc = tierguard(
         "calibrate", "--data", data, "--policy", policy, "--strict", "--out", tmp / "x.yaml", check=False
     )
@@ -166,21 +177,35 @@ def test_calibrate_command_errors(files):
     assert "Traceback" not in proc.stderr
 
 
-def test_calibrate_on_shared_mmlu_train(tmp_path):
+def test_calibrate_on_shared_train_splits(tmp_path):
+    # MMLU's shipped train split: at every threshold the cascade is below gpt-4o on train, so
+    # nothing can be certified within 1 point: capable-only is proposed and nothing is written
     shared = shared_data()
     out = tmp_path / "mmlu.yaml"
-    tierguard(
+    proc = tierguard(
         "calibrate", "--data", shared, "--policy", REPO / "examples/replay/mmlu-3tier.yaml",
-        "--benchmark", "mmlu", "--split", "train", "--out", out,
+        "--benchmark", "mmlu", "--split", "train", "--out", out, check=False,
     )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "proposal: capable-only" in proc.stdout and "No cheaper tier could be certified" in proc.stdout
+    assert not out.exists()
+    # MedMCQA: a certified policy, with its guarantee recorded in the manifest
+    out = tmp_path / "medmcqa.yaml"
+    proc = tierguard(
+        "calibrate", "--data", shared, "--policy", REPO / "examples/replay/medmcqa-3tier.yaml",
+        "--benchmark", "medmcqa", "--split", "train", "--out", out,
+    )  # fmt: skip
+    manifest = yaml.safe_load(out.read_text())
+    record = json.loads(manifest["metadata"]["annotations"]["tierguard.io/guarantee"])
+    assert record["certified"] and record["eps"] == 0.01 and record["delta"] == 0.1 and record["n"] == 300
     _, spec = load_policy_spec(out)
-    ds = load_dataset(shared, spec, benchmarks=["mmlu"])
+    ds = load_dataset(shared, spec, benchmarks=["medmcqa"])
     train = ds.select(split="train")
-    assert len(train) == 285
     ev = evaluate(spec, train)
     base = capable_baseline(train)
-    assert ev.accuracy >= base.accuracy - 0.01
-    assert all(len(t.confidence.calibration or []) <= 20 for t in spec.tiers)
+    assert ev.cost < base.cost
+    assert round(1 - ev.cost / base.cost, 4) == record["trainSavings"]
+    assert all(len(t.confidence.calibration or []) <= 21 for t in spec.tiers)
 
 
 def test_long_cascades_are_searched_by_coordinate_ascent():
@@ -196,13 +221,16 @@ def test_long_cascades_are_searched_by_coordinate_ascent():
         f'  - {{name: t{i}, baseUrl: "http://127.0.0.1:{9100 + i}/v1", model: m{i}}}' for i in range(n_t)
     )
     _, spec = load_policy_spec_text(f"tiers:\n{tiers}\n")
-    obj = SelectionObjective(max_accuracy_drop=0.02, confidence=0.0)
+    obj = SelectionObjective(max_accuracy_drop=None, target_cost=0.5)
     cal = calibrate(spec, rows, obj)
-    assert len(cal.results) < 4000  # not the exhaustive product
-    ev = evaluate(cal.spec, rows)
+    assert 0 < len(cal.results) < 4000  # not the exhaustive product
+    assert cal.certificate is None  # a target cost comes with no guarantee
+    kept = [int(t.name[1:]) for t in cal.spec.tiers]
+    from tierguard.calibration import project
+
+    ev = evaluate(cal.spec, project(rows, kept))
     base = capable_baseline(rows)
-    assert ev.accuracy >= base.accuracy - 0.02
-    assert ev.cost < base.cost
+    assert ev.cost <= 0.5 * base.cost + 1e-9
 
 
 # --- the drift reference -------------------------------------------------------------------------
@@ -214,7 +242,7 @@ def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it()
     from tierguard.drift import reference_fractions
 
     rows = _rows(2000, 3)
-    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01, confidence=0.0))
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=0.01))
     cheap, capable = (t.confidence for t in cal.spec.tiers)
     # the cheap tier sees every query: its reference is its calibrated confidence on all rows
     cmap = cheap.calibration_map()
@@ -229,9 +257,7 @@ def test_calibrate_writes_each_tiers_drift_reference_on_the_rows_that_reach_it()
 
     # too few rows reach a tier: no reference, and a stale one from the source policy is removed
     stale = with_confidence(cal.spec, references=[cheap.reference, cheap.reference])
-    few = calibrate(
-        stale, rows[:150], SelectionObjective(max_accuracy_drop=0.01, confidence=0.0), min_reference_rows=120
-    )
+    few = calibrate(stale, rows[:150], SelectionObjective(max_accuracy_drop=0.03), min_reference_rows=120)
     assert few.spec.tiers[0].confidence.reference is not None
     assert few.reference_rows is not None and few.reference_rows[1] < 120
     assert few.spec.tiers[1].confidence.reference is None
@@ -244,7 +270,7 @@ def test_calibrate_command_writes_the_reference(files):
     out = tmp / "calibrated.yaml"
     proc = tierguard(
         "calibrate", "--data", data, "--policy", policy, "--split", "train", "--out", out,
-        "--min-reference-rows", "50",
+        "--min-reference-rows", "50", "--max-accuracy-drop", "0.05",
     )  # fmt: skip
     line = next(x for x in proc.stdout.splitlines() if x.startswith("drift references"))
     raw = yaml.safe_load(out.read_text())
@@ -264,3 +290,165 @@ def test_calibrate_command_writes_the_reference(files):
     )  # fmt: skip
     assert bad.returncode == 2 and "--min-reference-rows must be at least 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# --- bad input, as a new user meets it (issue 7) -----------------------------------------------------
+
+
+def test_max_accuracy_drop_zero_is_used_not_replaced(files):
+    data, policy, tmp = files
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml",
+        "--max-accuracy-drop", "0", check=False,
+    )  # fmt: skip
+    assert "accuracy >= capable tier - 0 points" in proc.stdout, proc.stdout
+    for bad, msg in (
+        ("-0.01", "--max-accuracy-drop must lie in [0, 1)"),
+        ("1", "--max-accuracy-drop must lie"),
+    ):
+        proc = tierguard(
+            "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml",
+            "--max-accuracy-drop", bad, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp / "z.yaml", "--delta", "0", check=False
+    )
+    assert proc.returncode == 2 and "--delta must lie in (0, 1)" in proc.stderr
+
+
+def test_correct_must_be_a_real_boolean(tmp_path):
+    rows = make_rows(30, seed=1, split="train")
+    rows[0]["models"]["small-model"]["correct"] = "yes"
+    data = write_jsonl(tmp_path / "o.jsonl", rows)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    proc = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp_path / "x.yaml", check=False
+    )
+    assert f"{data}:1: models.small-model.correct: Input should be a valid boolean" in proc.stderr
+    strict = tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp_path / "x.yaml", "--strict", check=False
+    )
+    assert strict.returncode == 2 and "valid boolean" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_manifest_typo_is_an_error(files):
+    data, _, tmp = files
+    policy = tmp / "typo.yaml"
+    policy.write_text(POLICY.replace("metadata:", "metdata:"))
+    assert "metdata:" in policy.read_text()
+    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--out", tmp / "x.yaml", check=False)
+    assert proc.returncode == 2
+    assert "unknown top-level field 'metdata' (did you mean 'metadata'?)" in proc.stderr
+    assert not (tmp / "x.yaml").exists()
+
+
+def test_no_rows_messages_name_what_the_file_has(files):
+    data, policy, tmp = files
+
+    def err(*extra, data=data, policy=policy):
+        proc = tierguard(
+            "calibrate", "--data", data, "--policy", policy, "--out", tmp / "x.yaml", *extra, check=False
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        return proc.stderr
+
+    assert "no rows of benchmark 'trivia'; the file has benchmarks: synth (900 rows)" in err(
+        "--benchmark", "trivia"
+    )
+    other = tmp / "other.yaml"
+    other.write_text(POLICY.replace("model: large-model", "model: gpt-9"))
+    assert "the policy's model(s) 'gpt-9' are not in the file; it has models: large-model (" in err(
+        policy=other
+    )
+    empty = tmp / "empty.jsonl"
+    empty.write_text("\n")
+    assert "the file is empty" in err(data=empty)
+
+
+def test_equal_cost_label_says_when_costs_did_not_match():
+    from tierguard.replay.report_html import cost_matched, equal_cost_label
+
+    assert cost_matched(1.0, 0.995) and not cost_matched(1.0, 0.63)
+    assert (
+        equal_cost_label({"cost_matched": True, "cascade_cost": 1.0, "pre_route_cost": 1.0})
+        == "at equal cost"
+    )
+    label = equal_cost_label({"cost_matched": False, "cascade_cost": 1.0, "pre_route_cost": 0.63})
+    assert label.startswith("NOT at equal cost") and "37% cheaper" in label
+
+
+# --- never a policy that loses money --------------------------------------------------------------
+
+
+def _three_tier_spec():
+    _, spec = load_policy_spec_text(
+        "tiers:\n"
+        + "\n".join(
+            f'  - {{name: t{i}, baseUrl: "http://127.0.0.1:{9100 + i}/v1", model: m{i}}}' for i in range(3)
+        )
+        + "\n"
+    )
+    return spec
+
+
+def test_a_tier_that_can_never_answer_is_dropped_from_the_written_policy(tmp_path):
+    """--target-cost: the middle tier (cheap, but mostly wrong) only lowers accuracy: its threshold is 'never': it is
+    left out of the policy (not called, not paid) and of the written manifest."""
+    from tierguard.calibrate import write_policy
+    from tierguard.calibration import can_accept, project
+
+    rng = random.Random(4)
+    rows = []
+    for _ in range(600):
+        raw0 = rng.random()
+        ok0 = raw0 >= 0.5 or rng.random() < 0.2
+        rows.append(Row("q", "b", "train", "c", "p", (raw0, rng.random(), 0.9), (ok0, rng.random() < 0.3, True),
+                        (1.0, 0.5, 10.0), ("A",) * 3))  # fmt: skip
+    spec = _three_tier_spec()
+    cal = calibrate(spec, rows, SelectionObjective(max_accuracy_drop=None, target_cost=0.8))
+    assert cal.dropped == ["t1"] and [t.name for t in cal.spec.tiers] == ["t0", "t2"]
+    assert all(can_accept(cal.spec, i) for i in range(2))
+    ev = evaluate(cal.spec, project(rows, [0, 2]))
+    assert ev.cost == cal.chosen.cost and ev.cost <= 0.8 * capable_baseline(rows).cost
+    src = tmp_path / "p.yaml"
+    src.write_text(
+        "apiVersion: tierguard.io/v1alpha1\nkind: CascadePolicy\nmetadata: {name: x}\nspec:\n  tiers:\n"
+        + "".join(
+            f"  - {{name: t{i}, baseUrl: 'http://127.0.0.1:{9100 + i}/v1', model: m{i}}}\n" for i in range(3)
+        )
+    )
+    out = tmp_path / "out.yaml"
+    write_policy(str(src), cal.spec, str(out), "header")
+    assert [t["name"] for t in yaml.safe_load(out.read_text())["spec"]["tiers"]] == ["t0", "t2"]
+    lines = "\n".join(summary_lines(cal, ["t0", "t1", "t2"], ["m0", "m1", "m2"]))
+    assert "dropped tier t1: its threshold can never be reached" in lines
+    assert "guarantee: none" in lines
+
+
+def test_nothing_certifiable_proposes_capable_only_and_writes_nothing(tmp_path):
+    rows = make_rows(300, seed=2, split="train")
+    for r in rows:  # the small model is always wrong, yet confident
+        r["models"]["small-model"].update(correct=False, conf_logprob=0.0)
+        r["models"]["medium-model"].update(correct=False, conf_logprob=0.0)
+    data = write_jsonl(tmp_path / "o.jsonl", rows)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    out = tmp_path / "x.yaml"
+    proc = tierguard("calibrate", "--data", data, "--policy", policy, "--out", out, check=False)
+    assert proc.returncode == 3 and not out.exists()
+    assert "proposal: capable-only" in proc.stdout and "No cheaper tier could be certified" in proc.stdout
+    assert "serve the capable tier alone" in proc.stderr
+
+
+def test_negative_train_savings_are_warned_about():
+    rng = random.Random(6)
+    rows = []
+    for _ in range(400):
+        raw = rng.random()
+        rows.append(Row("q", "b", "train", "c", "p", (raw, 0.9), (raw >= 0.3, rng.random() < 0.7), (8.0, 10.0),
+                        ("A", "A")))  # fmt: skip
+    cal = calibrate(_spec(), rows, SelectionObjective(max_accuracy_drop=None, target_cost=2.0))
+    assert cal.savings < 0
+    assert any("more than the capable tier" in w and "negative savings" in w for w in cal.warnings)

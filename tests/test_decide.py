@@ -856,6 +856,34 @@ def test_invalid_and_back() -> None:
     assert clear_invalid(good, T0) is good
 
 
+def _kstatus_view(conditions: list[cond.Condition]) -> dict[str, str]:
+    return {c.type: c.status for c in conditions if c.type in (cond.READY, cond.RECONCILING, cond.STALLED)}
+
+
+@pytest.mark.parametrize(
+    ("before", "restored"),
+    [
+        ("Progressing", {"Ready": "False", "Reconciling": "True", "Stalled": "False"}),
+        ("Succeeded", {"Ready": "True", "Reconciling": "False", "Stalled": "False"}),
+        ("RolledBack", {"Ready": "False", "Reconciling": "False", "Stalled": "True"}),
+        ("Aborted", {"Ready": "False", "Reconciling": "False", "Stalled": "True"}),
+    ],
+)
+def test_invalid_is_stalled_and_clearing_restores_the_phases_conditions(
+    before: str, restored: dict[str, str]
+) -> None:
+    st = status(step=2, weight=25).model_copy(update={"phase": before})
+    bad = mark_invalid(st, "spec.slos: QualitySLO 'x' not found", T0 + MIN, generation=3)
+    # kstatus: Stalled=True and no Reconciling=True -> Failed (not in progress, not current)
+    assert _kstatus_view(bad.conditions) == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}
+    stalled = cond.get_condition(bad.conditions, cond.STALLED)
+    assert stalled is not None and stalled.reason == "InvalidSpec" and stalled.observed_generation == 3
+    good = clear_invalid(bad, T0 + 2 * MIN, generation=4)
+    assert good.phase == before
+    assert _kstatus_view(good.conditions) == restored
+    assert all(c.observed_generation == 4 for c in good.conditions)
+
+
 def test_missing_step_start_is_due_at_once_and_gets_repaired() -> None:
     st = status().model_copy(update={"step_started_at": None})
     assert needs_observations(DEFAULT, st, T0)

@@ -142,3 +142,15 @@ def test_demo_write_data_command_and_sim_serve_it(tmp_path: Path) -> None:
     assert choice["message"]["content"] == row["models"][CHEAP_MODEL]["answer"]
     lps = [t["logprob"] for t in choice["logprobs"]["content"]]
     assert aggregate(lps, "min") == pytest.approx(conf(row, CHEAP_MODEL), rel=1e-6)
+
+
+def test_the_readme_prompts_are_recorded_and_route_as_the_readme_says() -> None:
+    readme = (REPO / "README.md").read_text() + (REPO / "examples" / "run-local.sh").read_text()
+    by_prompt = {r["user_prompt"]: r for r in ROWS}
+    easy, tail = (
+        by_prompt["Where is my order #227588?"],
+        by_prompt["Where is this charge from? EUR 153.53 on 2026-03-18"],
+    )
+    assert "Where is my order #227588?" in readme and "EUR 153.53 on 2026-03-18" in readme
+    # examples/local-policy.yaml accepts the cheap tier at 0.80
+    assert conf(easy, CHEAP_MODEL) >= 0.80 > conf(tail, CHEAP_MODEL)

@@ -20,11 +20,9 @@ API server's audit log).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import math
 import random
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -54,7 +52,7 @@ from test_operator_k8s import (
     status_of,
     until,
 )
-from tierguard.kube.render import CONFIG_KEY, child_name
+from tierguard.demo.traffic import ConfigSync, Load, StatusLog
 from tierguard.localenv.kube import KubeCluster
 from tierguard.policy import RolloutSpec
 from tierguard.rollout.decide import time_to_rollback
@@ -132,104 +130,6 @@ def _data(tmp: Path) -> Data:
 
 
 # --------------------------------------------------------------------------- moving parts
-
-
-class ConfigSync(threading.Thread):
-    """What the kubelet does for a mounted ConfigMap: copy config.yaml into a file, atomically."""
-
-    def __init__(self, cluster: KubeCluster, ns: str, policy: str, path: Path) -> None:
-        super().__init__(daemon=True, name=f"sync-{policy}")
-        self.cluster, self.ns, self.policy, self.path = cluster, ns, policy, path
-        self.stop_event = threading.Event()
-        self.writes: list[tuple[float, int]] = []  # (monotonic time, canary weight)
-
-    def run(self) -> None:
-        last = None
-        while not self.stop_event.is_set():
-            with contextlib.suppress(Exception):
-                cm = get(self.cluster, f"/api/v1/namespaces/{self.ns}/configmaps/{child_name(self.policy)}")
-                text = (cm or {}).get("data", {}).get(CONFIG_KEY)
-                if text and text != last:
-                    tmp = self.path.with_suffix(".tmp")
-                    tmp.write_text(text)
-                    tmp.replace(self.path)
-                    last = text
-                    self.writes.append((time.monotonic(), int(yaml.safe_load(text).get("canaryWeight", 0))))
-            self.stop_event.wait(0.2)
-
-
-class Load(threading.Thread):
-    """Chat completions at about ``rps`` requests per second, spread over the proxies."""
-
-    def __init__(
-        self, proxies: list[RunningProcess], prompts: list[tuple[str | None, str]], rps: float
-    ) -> None:
-        super().__init__(daemon=True, name="load")
-        self.proxies, self.prompts, self.rps = proxies, prompts, rps
-        self.stop_event = threading.Event()
-        self.ok = self.failed = 0
-        self.workers = 4
-
-    def _worker(self, k: int) -> None:
-        rng = random.Random(k)
-        conns: dict[int, http.client.HTTPConnection] = {}
-        period = self.workers / self.rps
-        nxt = time.monotonic()
-        while not self.stop_event.is_set():
-            proxy = self.proxies[rng.randrange(len(self.proxies))]
-            system, user = self.prompts[rng.randrange(len(self.prompts))]
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": user}
-            ]
-            body = json.dumps({"model": "auto", "messages": messages, "max_tokens": 16}).encode()
-            try:
-                conn = conns.get(proxy.port) or http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
-                conns[proxy.port] = conn
-                conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    self.ok += 1
-                else:
-                    self.failed += 1
-            except (OSError, http.client.HTTPException):
-                self.failed += 1
-                conns.pop(proxy.port, None)
-            nxt += period
-            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
-
-    def run(self) -> None:
-        threads = [threading.Thread(target=self._worker, args=(k,), daemon=True) for k in range(self.workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-
-class StatusLog(threading.Thread):
-    """Records every change of (phase, canaryWeight) in a policy's status, with the time."""
-
-    def __init__(self, cluster: KubeCluster, ns: str, policy: str) -> None:
-        super().__init__(daemon=True, name=f"status-{policy}")
-        self.cluster, self.ns, self.policy = cluster, ns, policy
-        self.stop_event = threading.Event()
-        self.changes: list[tuple[float, str, int]] = []
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            with contextlib.suppress(Exception):
-                st = status_of(self.cluster, self.ns, self.policy)
-                key = (st.get("phase", ""), int(st.get("canaryWeight", 0)))
-                if st and (not self.changes or self.changes[-1][1:] != key):
-                    self.changes.append((time.monotonic(), *key))
-            self.stop_event.wait(0.1)
-
-    def weights(self) -> list[int]:
-        out: list[int] = []
-        for _, phase, w in self.changes:
-            if phase in ("Progressing", "Paused") and (not out or out[-1] != w):
-                out.append(w)
-        return out
 
 
 def proxy_canary_weight(proxy: RunningProcess, policy: str) -> float | None:

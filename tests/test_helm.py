@@ -88,7 +88,7 @@ def test_helm_lint(helm: Any) -> None:
 def test_namespaced_install_renders_a_role_for_the_watched_namespace(helm: Any) -> None:
     docs = render(helm, "watch.namespace=apps", "prometheus.url=http://prom:9090")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Deployment", "Role", "RoleBinding", "ServiceAccount"], kinds
+    assert kinds == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"], kinds  # + dashboard
     (role,) = by_kind(docs, "Role")
     (binding,) = by_kind(docs, "RoleBinding")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "apps"
@@ -141,6 +141,34 @@ def test_role_never_grants_deletes_secrets_or_wildcards(helm: Any) -> None:
 
 
 @pytest.mark.slow
+def test_two_replicas_elect_a_leader_with_a_lease_role_of_their_own(helm: Any) -> None:
+    docs = render(helm, "replicaCount=2", "watch.namespace=apps")
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = operator_args(docs)
+    assert "--leader-elect" in args and "--lease-name=tg-tierguard" in args
+    assert {"--lease-duration=15", "--renew-deadline=10", "--retry-period=2"} <= set(args)
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in container["env"]
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
+    lease = roles["tg-tierguard-leader-election"]
+    assert lease["metadata"]["namespace"] == "tierguard-system"  # the release's, not the watched one
+    assert lease["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["tg-tierguard"],
+         "verbs": ["get", "patch"]},
+    ]  # fmt: skip
+    bindings = {b["metadata"]["name"]: b for b in by_kind(docs, "RoleBinding")}
+    assert bindings["tg-tierguard-leader-election"]["roleRef"]["name"] == "tg-tierguard-leader-election"
+    # one replica: no election, no Lease role (the default render above)
+    assert "--leader-elect" not in operator_args(render(helm))
+    assert len(by_kind(render(helm, "leaderElection.enabled=true"), "Role")) == 2
+
+
+@pytest.mark.slow
 def test_values_for_image_extra_args_and_rbac(helm: Any) -> None:
     docs = render(
         helm,
@@ -151,7 +179,7 @@ def test_values_for_image_extra_args_and_rbac(helm: Any) -> None:
         "serviceAccount.name=existing",
         "rbac.create=false",
     )
-    assert sorted(d["kind"] for d in docs) == ["Deployment"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]  # the dashboard stays
     (dep,) = by_kind(docs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example/tg:1.2.3"

@@ -25,6 +25,8 @@ PURE = [
     "outcomes.py",
     "metric_names.py",
     "drift.py",
+    "gaptest.py",
+    "guarantee.py",
     "rollout",
     "review/redact.py",
     "review/novelty.py",

@@ -127,12 +127,14 @@ def install_crds(cluster: KubeCluster) -> list[str]:
     return names
 
 
-def install_chart_rbac(cluster: KubeCluster, ns: str) -> Path:
-    """``helm install`` the chart (without CRDs) into ``ns``; a kubeconfig for its ServiceAccount."""
+def install_chart_rbac(cluster: KubeCluster, ns: str, *values: str) -> Path:
+    """``helm install`` the chart (without CRDs) into ``ns``; a kubeconfig for its ServiceAccount.
+    ``values`` are more ``--set`` values (``replicaCount=2``)."""
     cluster.create_namespace(ns)
+    sets = [arg for v in values for arg in ("--set", v)]
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", ns, "--skip-crds",
-        "--set", "prometheus.url=http://127.0.0.1:9", "--set", f"watch.namespace={ns}",
+        "--set", "prometheus.url=http://127.0.0.1:9", "--set", f"watch.namespace={ns}", *sets,
     )  # fmt: skip
     return cluster.kubeconfig_for_service_account(ns, SERVICE_ACCOUNT, create=False)
 
@@ -145,10 +147,17 @@ class OperatorProcess:
     """``tierguard operator`` in a subprocess, as the chart's ServiceAccount."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str, log_dir: Path, prometheus_url: str | None = None
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_dir: Path,
+        prometheus_url: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        label: str = "",
     ) -> None:
         self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
         self.prometheus_url = prometheus_url
+        self.extra_args, self.label = extra_args, label
         self.proc: ManagedProcess | None = None
         self.starts = 0
 
@@ -161,9 +170,13 @@ class OperatorProcess:
         ]  # fmt: skip
         if self.prometheus_url:
             args += ["--prometheus-url", self.prometheus_url]
+        args += self.extra_args
         env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
         self.proc = ManagedProcess(
-            "tierguard-operator", args, self.log_dir / f"operator-{self.namespace}-{self.starts}.log", env=env
+            "tierguard-operator",
+            args,
+            self.log_dir / f"operator{self.label}-{self.namespace}-{self.starts}.log",
+            env=env,
         ).start()
 
         def live() -> bool:
@@ -186,7 +199,7 @@ class OperatorProcess:
     def log(self) -> str:
         return "\n\n".join(
             p.read_text(errors="replace")
-            for p in sorted(self.log_dir.glob(f"operator-{self.namespace}-*.log"))
+            for p in sorted(self.log_dir.glob(f"operator{self.label}-{self.namespace}-*.log"))
         )
 
     def tail(self, n: int = 60) -> str:
@@ -640,6 +653,38 @@ def test_spec_changes_make_new_revisions_only_when_the_cascade_changes(env: Env)
     assert config is not None and config.stable.name == stable and config.canary is not None
     new_revision_events = [e for e in events_of(env.cluster, env.ns, uid) if e["reason"] == "NewRevision"]
     assert any(expected in e["message"] for e in new_revision_events)
+
+
+def test_risky_policy_is_flagged_then_cleared(env: Env) -> None:
+    """A cheap tier with threshold 0 and a first step of 100%: the policy works (children are
+    rendered) and says what is dangerous in the Risky condition and one Warning Event."""
+    obj = policy_manifest("risky", env.ns, steps=[{"weight": 100}], threshold=0.0)
+    created = env.create(obj)
+    st = env.wait_status("risky", lambda s: condition(s, "Risky").get("status") == "True", "Risky=True")
+    risky = condition(st, "Risky")
+    assert risky["reason"] == "CheapTierAcceptsEverything"
+    assert "'mini' accepts every answer" in risky["message"] and "100%" in risky["message"]
+    until(lambda: config_of(env.cluster, env.ns, "risky"), 30, "the children (flagged, not refused)")
+    uid = created["metadata"]["uid"]
+    warnings = until(
+        lambda: [e for e in events_of(env.cluster, env.ns, uid) if e["reason"] == "RiskyPolicy"],
+        30,
+        "an Event",
+    )
+    assert warnings[0]["type"] == "Warning" and len(warnings) == 1 and warnings[0].get("count", 1) == 1
+    merge_patch(
+        env.cluster,
+        policies_path(env.ns, "risky"),
+        {"spec": {"tiers": [{**TIERS[0], "confidence": {"threshold": 0.8}}, TIERS[1]],
+                  "rollout": {"steps": [{"weight": 5}, {"weight": 100}]}}},
+    )  # fmt: skip
+    st = env.wait_status("risky", lambda s: condition(s, "Risky").get("status") == "False", "Risky=False")
+    assert condition(st, "Risky")["reason"] == "NoKnownRisk"
+    until(
+        lambda: any(e["reason"] == "RiskCleared" for e in events_of(env.cluster, env.ns, uid)),
+        30,
+        "RiskCleared",
+    )
 
 
 def test_invalid_policy_is_ready_false_and_touches_nothing(env: Env) -> None:

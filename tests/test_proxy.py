@@ -351,6 +351,13 @@ def test_early_abort_stops_the_cheap_stream(data_file, tmp_path):
             first = entry["tiers"][0]
             assert first["reason"] == "early_abort"
             assert first["tokens_seen_before_abort"] < 40
+            # the counterfactual (big alone) counts the prompt's real tokens, not the aborted
+            # stream's 0: mid's reported prompt, mid's answer, at big's prices ($3 in, $6 out)
+            assert first["tokens_in"] == 0  # the aborted stream ended before its usage arrived
+            mid = entry["tiers"][1]
+            assert mid["tokens_in"] > 0
+            want = (3.0 * mid["tokens_in"] + 6.0 * mid["tokens_out"]) / 1e6
+            assert metric(p, "tierguard_counterfactual_cost_usd_total") == pytest.approx(want, rel=1e-9)
             deadline = time.time() + 5
             while (
                 time.time() < deadline
@@ -472,10 +479,22 @@ def test_self_eval_confidence(data_file, tmp_path):
     try:
         spec = cascade(s, tiers=("cheap", "big"))
         spec["confidence"] = {"method": "self_eval"}
-        with start_proxy(write_policy(tmp_path / "p.yaml", spec)) as p:
+        log = tmp_path / "d.jsonl"
+        with start_proxy(write_policy(tmp_path / "p.yaml", spec), decision_log=str(log)) as p:
             r = post(p, chat("easy question"))  # P(Y) = 0.95 >= 0.8
             assert r.headers["x-tierguard-tier"] == "cheap"
             assert float(r.headers["x-tierguard-confidence"]) == pytest.approx(0.95, abs=1e-3)
+            # the verification call is paid for: its tokens are in the log, the cost and the metrics
+            t = read_log(log)[-1]["tiers"][0]
+            vin, vout = t["self_eval_tokens_in"], t["self_eval_tokens_out"]
+            assert vin > t["tokens_in"] and vout == 1  # the question repeats the prompt and the answer
+            cheap_cost = (1.0 * (t["tokens_in"] + vin) + 2.0 * (t["tokens_out"] + vout)) / 1e6
+            assert t["cost_usd"] == pytest.approx(cheap_cost, rel=1e-12)
+            assert metric(p, "tierguard_tokens_total", tier="cheap", direction="in") == t["tokens_in"] + vin
+            assert metric(p, "tierguard_cost_usd_total", tier="cheap") == pytest.approx(cheap_cost, rel=1e-9)
+            # big alone would have answered without verifying ($2 in, $4 out)
+            big_alone = (2.0 * t["tokens_in"] + 4.0 * t["tokens_out"]) / 1e6
+            assert metric(p, "tierguard_counterfactual_cost_usd_total") == pytest.approx(big_alone, rel=1e-9)
             assert post(p, chat("medium question")).headers["x-tierguard-tier"] == "big"
     finally:
         for x in s.values():

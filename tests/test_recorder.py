@@ -164,6 +164,48 @@ def test_counterfactual_cost():
     assert counterfactual_cost(d) == pytest.approx(d.revision.clients[-1].tier.cost_usd(10, 4))
 
 
+def test_counterfactual_after_an_early_abort_counts_the_prompts_real_tokens():
+    """An aborted stream ends before its usage arrives (0 tokens in): the counterfactual takes the
+    prompt's tokens from the capable tier's own call, not 0."""
+    rt = runtime()
+    rev = rt.stable
+    cheap = Attempt("cheap", Judgement(0, False, "early_abort", 0.2, 0.2))
+    cheap.used(rev.clients[0].tier, 0, 3, 0.05)
+    cheap.streamed_tokens = 3
+    big = Attempt("big", Judgement(1, True, "last_tier", None, None))
+    big.used(rev.clients[1].tier, 12, 4, 0.3)
+    d = Decision.of("p", rt, {}, Outcome(rev, [cheap, big], answered=1, answer="B"), 0.4)
+    assert counterfactual_cost(d) == (12 * 10.0 + 4 * 20.0) / 1e6  # big: $10 in, $20 out per million
+    # answered by the cheap tier (never called the capable one): the first reported prompt count
+    first = Attempt("cheap", Judgement(0, True, "accepted", 0.9, 0.9))
+    first.used(rev.clients[0].tier, 9, 2, 0.1)
+    d = Decision.of("p", rt, {}, Outcome(rev, [first], answered=0, answer="B"), 0.1)
+    assert counterfactual_cost(d) == (9 * 10.0 + 2 * 20.0) / 1e6
+
+
+def test_self_verification_tokens_are_costed_in_metrics_log_and_savings():
+    rt = runtime()
+    rev = rt.stable
+    cheap = Attempt("cheap", Judgement(0, True, "accepted", 0.95, 0.95))
+    cheap.used(rev.clients[0].tier, 10, 2, 0.1)
+    cheap.verified(rev.clients[0].tier, 25, 1)  # the "is your answer correct?" call
+    d = Decision.of("p", rt, {}, Outcome(rev, [cheap], answered=0, answer="B"), 0.2)
+    cost = ((10 + 25) * 1.0 + (2 + 1) * 2.0) / 1e6  # cheap: $1 in, $2 out per million
+    assert cheap.cost_usd == cost and d.cost_usd == cost
+    m = ProxyMetrics("p")
+    MetricsObserver(m).observe(d)
+    base = {"policy": "p", "revision": "r1", "tier": "cheap"}
+    assert sample(m.registry, mn.TOKENS + "_total", **base, direction="in") == 35
+    assert sample(m.registry, mn.TOKENS + "_total", **base, direction="out") == 3
+    assert sample(m.registry, mn.COST_USD + "_total", **base) == cost
+    tier_log = log_entry(d)["tiers"][0]
+    assert (tier_log["tokens_in"], tier_log["tokens_out"]) == (10, 2)
+    assert (tier_log["self_eval_tokens_in"], tier_log["self_eval_tokens_out"]) == (25, 1)
+    assert tier_log["cost_usd"] == cost and log_entry(d)["cost_usd"] == cost
+    # the capable tier alone would not have verified: the counterfactual is its answer only
+    assert counterfactual_cost(d) == (10 * 10.0 + 2 * 20.0) / 1e6
+
+
 def test_drift_observer_feeds_each_judged_confidence():
     gauge = Gauge("psi", "psi", ["policy", "revision", "tier"], registry=None)
     monitor = DriftMonitor(gauge, DriftSettings(window=2, step=1))

@@ -135,7 +135,7 @@ def synth(tmp_path):
 def test_replay_report_numbers(synth):
     data, policy, tmp = synth
     out = tmp / "report"
-    proc = tierguard("replay", "--data", data, "--policy", policy, "--out", out, "--confidence", "0")
+    proc = tierguard("replay", "--data", data, "--policy", policy, "--out", out, "--max-accuracy-drop", "0.05")
     assert "Traceback" not in proc.stderr
     # malformed lines are named with their line numbers; skipped rows are counted with a reason
     assert f"{data}:4: not valid JSON" in proc.stderr
@@ -211,7 +211,7 @@ def test_replay_strict_names_the_line(synth):
     ("args", "message"),
     [
         (["--strategies", "cascade,oracle"], "unknown strategies"),
-        (["--benchmark", "nope"], "no usable test rows"),
+        (["--benchmark", "nope"], "no rows of benchmark 'nope'; the file has benchmarks: synth (901 rows)"),
         (["--shadow-rate", "2"], "--shadow-rate"),
     ],
 )
@@ -248,7 +248,7 @@ def test_replay_drift_scenario(tmp_path):
     tierguard(
         "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy",
         "--strategies", "cascade,cascade+shadow", "--scenario", "drift", "--drift-from", "easy", "--drift-to", "hard",
-        "--shift-at", "2000", "--horizon", "20000", "--runs", "4", "--null-runs", "30", "--quiet", "--confidence", "0",
+        "--shift-at", "2000", "--horizon", "20000", "--runs", "4", "--null-runs", "30", "--quiet", "--max-accuracy-drop", "0.05",
     )  # fmt: skip
     d = json.loads((out / "report.json").read_text())["drift"]
     assert d["config"]["source"] == "easy" and d["config"]["target"] == "hard"
@@ -316,10 +316,12 @@ def test_replay_on_shared_data_mmlu_three_tiers(tmp_path):
     assert report["train_rows"] == 285 and report["test_rows"] == 1531
     by = {s["strategy"]: s for s in report["strategies"]}
     assert by["capable-only"]["accuracy"] == pytest.approx(0.836, abs=0.001)  # gpt-4o on mmlu/test
-    # thresholds fitted on train only; the numbers recorded in BENCHMARKS.md
-    assert by["cascade"]["savings_vs_capable"] >= 0.45
-    assert by["cascade"]["accuracy"] >= by["capable-only"]["accuracy"] - 0.01
-    assert report["equal_cost"]["accuracy_gap"] > 0
+    # fitted on train only: on MMLU's 285 train rows nothing cheaper is certified within 1 point
+    # (BENCHMARKS.md), so the cascade is the capable tier alone: no saving, no loss
+    assert report["fit"]["capable_only"] is True
+    assert report["fit"]["guarantee"]["certified"] is False and report["fit"]["guarantee"]["n"] == 285
+    assert by["cascade"]["savings_vs_capable"] == 0.0
+    assert by["cascade"]["accuracy"] == by["capable-only"]["accuracy"]
 
 
 def test_stratified_review_spends_the_aggregate_label_budget():

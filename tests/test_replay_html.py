@@ -23,7 +23,7 @@ def report_dir(tmp_path_factory):
     policy.write_text(POLICY)
     out = tmp / "report"
     tierguard(
-        "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy", "--confidence", "0",
+        "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy", "--max-accuracy-drop", "0.05",
         "--scenario", "drift", "--drift-from", "easy", "--drift-to", "hard",
         "--shift-at", "1000", "--horizon", "10000", "--runs", "3", "--null-runs", "20", "--quiet",
     )  # fmt: skip
@@ -38,6 +38,7 @@ def test_html_is_self_contained(report_dir):
     assert "@import" not in html
     assert html.count("<table") >= 4  # strategies, policy, drift quality, drift monitors
     assert html.count("<svg") >= 4  # frontier, bars, calibration, detection times
+    assert "Guarantee</h2>" in html and "Learn-then-Test" in html
     for name in ("capable-only", "pre-route-classifier", "allowlist", "cascade+shadow", "aggregate-review"):
         assert name in html
     assert "malformed lines skipped" in html
@@ -100,6 +101,9 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
         [browser, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
     assert "<table" in dom and "cascade+shadow" in dom and "<svg" in dom
+    # out-of-fold reliability per tier, and the policy's reliability on test, with their ECE
+    assert "Reliability on train (out-of-fold)" in dom and "Reliability on test" in dom
+    assert dom.count("(ECE ") >= 6  # 3 tiers x (train out-of-fold, test)
     shot = tmp_path / "report.png"
     subprocess.run(
         [browser, *flags, f"--screenshot={shot}", "--window-size=1280,2400", html.as_uri()],
@@ -114,3 +118,24 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     dark = sum(1 for r in rows[::4] for px in r[::4] if sum(px) < 200)
     assert len(colours) > 20  # text, plots and table borders, not a blank page
     assert dark > 500  # there is text on it
+
+
+def test_calibrate_report_renders_in_headless_chromium(tmp_path):
+    browser = chromium()
+    data = write_jsonl(tmp_path / "o.jsonl", make_rows(900, seed=4))
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    html = tmp_path / "calibrate.html"
+    tierguard(
+        "calibrate", "--data", data, "--policy", policy, "--out", tmp_path / "c.yaml",
+        "--max-accuracy-drop", "0.05", "--report", html,
+    )  # fmt: skip
+    text = html.read_text()
+    assert "<script" not in text.lower()
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "Reliability (out-of-fold)" in dom and dom.count("<svg") == 3  # one diagram per tier
+    assert "Thresholds tested (in order)" in dom and "With probability at least 90%" in dom

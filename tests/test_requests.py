@@ -25,6 +25,22 @@ OK = {"messages": [{"role": "user", "content": "hi"}]}
         ({**OK, "top_logprobs": 21}, "top_logprobs"),
         ({**OK, "temperature": "hot"}, "temperature"),
         ({**OK, "top_p": False}, "top_p"),
+        # the ranges and types the OpenAI API enforces
+        ({**OK, "temperature": 7}, "temperature"),
+        ({**OK, "temperature": -0.1}, "temperature"),
+        ({**OK, "top_p": 3}, "top_p"),
+        ({**OK, "presence_penalty": 2.5}, "presence_penalty"),
+        ({**OK, "frequency_penalty": -3}, "frequency_penalty"),
+        ({**OK, "temperature": float("nan")}, "temperature"),
+        ({**OK, "model": 4}, "model"),
+        ({**OK, "seed": 1.5}, "seed"),
+        ({**OK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**OK, "stop": [1]}, "stop"),
+        ({**OK, "logit_bias": {"50256": 101}}, "logit_bias"),
+        ({**OK, "logit_bias": []}, "logit_bias"),
+        ({**OK, "response_format": "json"}, "response_format"),
+        ({**OK, "tools": {}}, "tools"),
+        ({**OK, "tool_choice": 1}, "tool_choice"),
     ],
 )
 def test_bad_requests_name_the_parameter(body, param):
@@ -42,6 +58,16 @@ def test_a_valid_request_comes_back_unchanged():
         "logprobs": None,
         "top_logprobs": 0,
         "temperature": 0,
+        "top_p": 1,
+        "presence_penalty": -2,
+        "frequency_penalty": 2.0,
+        "seed": 3,
+        "stop": ["\n", "END"],
+        "logit_bias": {"50256": -100},
+        "response_format": {"type": "json_object"},
+        "tools": [],
+        "tool_choice": "auto",
+        "model": "any",
     }
     assert validate_request(body) is body
 

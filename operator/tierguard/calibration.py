@@ -9,21 +9,29 @@ block of a few all-correct answers never claims certainty; small blocks are merg
 thinned to at most ``max_points`` points. The result is the ``TierConfidence.calibration``
 points, a monotone piecewise-linear map the proxy applies to every answer.
 
-Thresholds: every combination of candidate thresholds (the calibrated values at the map's points,
-plus 1.0 = never accept) is routed through :func:`tierguard.cascade.route` over the training rows,
-the decision code the proxy runs, and the best one for the stated objective is kept:
+Thresholds, two objectives:
 
-- ``max_accuracy_drop`` X (default 0.01): the largest savings versus the capable tier alone
-  whose accuracy is at least the capable tier's minus X;
-- ``target_cost`` F: the highest accuracy at a mean cost of at most F times the capable tier's.
+- ``--max-accuracy-drop EPS`` (default 0.01) with ``--delta D`` (default 0.1): a *certified*
+  policy (:mod:`tierguard.guarantee`, docs/guarantee.md). With probability at least 1 - D over the
+  calibration rows, the cascade's accuracy is at most EPS below the capable tier's on traffic
+  exchangeable with them. Learn-then-Test: fixed-sequence testing along a raw-confidence path
+  fixed in advance, exact p-values; the cheapest certified point is kept, and each tier's map is
+  pinned so that its calibrated threshold accepts exactly the certified raw confidences. When
+  nothing can be certified the result is the capable tier alone (no cascade is written).
+- ``--target-cost F``: the highest accuracy at a mean cost of at most F times the capable tier's,
+  searched over combinations of candidate thresholds routed through
+  :func:`tierguard.cascade.route` on the training rows (coordinate ascent beyond three tiers).
+  No guarantee: the numbers are those of the rows searched on.
 
-Cascades with more than three tiers are searched by coordinate ascent instead of exhaustively.
+Either way a cheaper tier whose threshold can never be reached is dropped from the written policy
+(it would be called and paid for without ever answering), and a negative saving on the training
+rows is warned about.
 
 Drift reference: with the chosen maps and thresholds, each tier's calibrated confidence on the rows
 that reach it (every row for the first tier, the escalated ones for the next) is binned on
 :data:`tierguard.drift.CONFIDENCE_EDGES` and written as ``TierConfidence.reference``; the proxy
 exports the PSI of its recent answers against it (docs/drift.md). A tier reached by fewer than
-``min_reference_rows`` rows gets none: a reference from a handful of answers would make the PSI
+``--min-reference-rows`` rows gets none: a reference from a handful of answers would make the PSI
 noisy.
 """
 
@@ -33,13 +41,14 @@ import itertools
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from statistics import NormalDist
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cascade import route
 from .drift import reference_fractions
 from .errors import UserError
+from .guarantee import Certificate, CertificationError, certify, pin_threshold, points, rows_digest
+from .guarantee import Row as CertRow
 from .outcomes import Row
 from .policy import CascadePolicySpec, CascadeSpec
 
@@ -47,12 +56,12 @@ MAX_POINTS = 20
 MIN_REFERENCE_ROWS = 100
 MIN_BLOCK = 10
 EXHAUSTIVE_LIMIT = 4000
-# Training sets are small (hundreds of rows): the accuracy constraint is checked on a one-sided
-# confidence bound of the paired accuracy gap, not on the point estimate alone.
-DEFAULT_CONFIDENCE = 0.9
+DEFAULT_DROP = 0.01
+DEFAULT_DELTA = 0.1
+GUARANTEE_ANNOTATION = "tierguard.io/guarantee"
 NEVER_ACCEPTS = (
-    "warning: no thresholds meet the objective on these rows: every query escalates to the last tier, "
-    "so the cascade costs more than the capable tier alone (use mode capable-only, or relax the objective)"
+    "no cheaper tier can answer under this objective: every query would go to the capable tier, and a "
+    "cascade would only add the cheaper tiers' cost; serve the capable tier alone (no cascade written)"
 )
 
 
@@ -248,7 +257,6 @@ class Evaluation:
     accuracy: float
     cost: float  # mean USD per query, every tier called paid for
     shares: tuple[float, ...]  # fraction answered by each tier
-    gap_se: float = 0.0  # standard error of (accuracy - last tier's accuracy), paired over rows
 
 
 def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
@@ -259,46 +267,38 @@ def evaluate(spec: CascadeSpec, rows: Sequence[Row]) -> Evaluation:
     answered = [0] * len(spec.tiers)
     correct = 0
     cost = 0.0
-    d_sum = 0
-    d_sq = 0
     for r in rows:
         rt = route(spec, r.raw)
         answered[rt.answered_by] += 1
         ok = r.correct[rt.answered_by]
         correct += ok
         cost += sum(r.cost[: rt.answered_by + 1])
-        d = int(ok) - int(r.correct[-1])
-        d_sum += d
-        d_sq += d * d
-    mean_d = d_sum / n
-    var_d = max(0.0, d_sq / n - mean_d * mean_d) * n / max(1, n - 1)
     return Evaluation(
         thresholds=tuple(t.confidence.threshold for t in spec.tiers),
         accuracy=correct / n,
         cost=cost / n,
         shares=tuple(a / n for a in answered),
-        gap_se=math.sqrt(var_d / n),
     )
 
 
 @dataclass(frozen=True)
 class SelectionObjective:
-    max_accuracy_drop: float | None = 0.01
-    target_cost: float | None = None  # fraction of the capable tier's cost
-    # One-sided confidence that the accuracy constraint holds: the paired lower bound
-    # (accuracy gap - z * standard error) must stay above -max_accuracy_drop. 0.5 or less: the
-    # point estimate alone.
-    confidence: float = DEFAULT_CONFIDENCE
+    max_accuracy_drop: float | None = DEFAULT_DROP  # eps of the certified guarantee
+    target_cost: float | None = None  # fraction of the capable tier's cost (no guarantee)
+    delta: float = DEFAULT_DELTA  # the guarantee may fail with probability at most this
 
     @property
-    def z(self) -> float:
-        return NormalDist().inv_cdf(self.confidence) if self.confidence > 0.5 else 0.0
+    def certified(self) -> bool:
+        return self.target_cost is None
 
     def describe(self) -> str:
         if self.target_cost is not None:
-            return f"highest accuracy at cost <= {self.target_cost:g} x capable tier"
-        bound = f" (one-sided {self.confidence:.0%} bound)" if self.z > 0 else " (point estimate)"
-        return f"largest savings at accuracy >= capable tier - {self.max_accuracy_drop:g}{bound}"
+            return f"highest accuracy at cost <= {self.target_cost:g} x capable tier (no guarantee)"
+        eps = self.max_accuracy_drop if self.max_accuracy_drop is not None else DEFAULT_DROP
+        return (
+            f"largest savings certified to keep accuracy >= capable tier - {points(eps)} "
+            f"with probability >= {1 - self.delta:.0%} (Learn-then-Test)"
+        )
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,7 @@ def _rank(ev: Evaluation, base: Baseline, obj: SelectionObjective) -> tuple[floa
         feasible = ev.cost <= obj.target_cost * base.cost + 1e-15
         return (float(feasible), ev.accuracy if feasible else -ev.cost, -ev.cost, conservative)
     drop = obj.max_accuracy_drop if obj.max_accuracy_drop is not None else 0.0
-    feasible = ev.accuracy - obj.z * ev.gap_se >= base.accuracy - drop - 1e-12
+    feasible = ev.accuracy >= base.accuracy - drop - 1e-12  # point estimate: search's own use only
     return (float(feasible), -ev.cost if feasible else ev.accuracy, ev.accuracy, conservative)
 
 
@@ -375,8 +375,8 @@ def choose(results: Sequence[Evaluation], base: Baseline, objective: SelectionOb
 
 @dataclass
 class Calibration:
-    spec: CascadePolicySpec
-    chosen: Evaluation
+    spec: CascadePolicySpec  # the written policy (tiers that can never answer dropped)
+    chosen: Evaluation  # on the fitted rows, with ``spec``'s tiers (capable-only: the capable tier)
     baseline: Baseline
     results: list[Evaluation]
     brier_raw: list[float | None]
@@ -384,6 +384,80 @@ class Calibration:
     n_rows: int
     reference_rows: list[int] | None = None  # rows that reached each tier (its drift reference)
     min_reference_rows: int = MIN_REFERENCE_ROWS
+    certificate: Certificate | None = None  # the guarantee (None: --target-cost, none)
+    dropped: list[str] = field(default_factory=list)  # names of tiers that could never answer
+    capable_only: bool = False  # no cheaper tier answers: serve the capable tier alone
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def savings(self) -> float:
+        return 1.0 - self.chosen.cost / self.baseline.cost if self.baseline.cost > 0 else 0.0
+
+
+def cert_rows(rows: Sequence[Row]) -> list[CertRow]:
+    return [CertRow(r.raw, r.correct, r.cost) for r in rows]
+
+
+def data_hash(rows: Sequence[Row]) -> str:
+    return rows_digest(cert_rows(rows), [r.qid for r in rows])
+
+
+def can_accept(spec: CascadeSpec, tier: int) -> bool:
+    """Whether any raw confidence can reach the tier's threshold (the last tier always answers)."""
+    if tier == len(spec.tiers) - 1:
+        return True
+    conf = spec.tiers[tier].confidence
+    cmap = conf.calibration_map()
+    top = max((y for _, y in cmap.points), default=1.0)
+    return top >= conf.threshold
+
+
+def project(rows: Sequence[Row], keep: Sequence[int]) -> list[Row]:
+    """Rows restricted to the tiers ``keep`` (indices, in order)."""
+
+    def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(values[i] for i in keep)
+
+    return [
+        Row(
+            r.qid,
+            r.benchmark,
+            r.split,
+            r.category,
+            r.prompt,
+            pick(r.raw),
+            pick(r.correct),
+            pick(r.cost),
+            pick(r.answer),
+        )
+        for r in rows
+    ]
+
+
+def drop_silent_tiers(spec: CascadePolicySpec) -> tuple[CascadePolicySpec | None, list[int]]:
+    """(``spec`` without the cheaper tiers that can never accept, indices kept); None when only
+    the capable tier would remain."""
+    keep = [i for i in range(len(spec.tiers)) if can_accept(spec, i)]
+    if len(keep) < 2:
+        return None, keep
+    if len(keep) == len(spec.tiers):
+        return spec, keep
+    return spec.model_copy(update={"tiers": [spec.tiers[i] for i in keep]}), keep
+
+
+def certified_spec(fitted: CascadePolicySpec, raw_threshold: float) -> CascadePolicySpec:
+    """``fitted`` with every cheaper tier's map and threshold pinned to accept exactly the raw
+    confidences at or above ``raw_threshold`` (the certified policy)."""
+    maps: list[list[tuple[float, float]] | None] = []
+    thresholds: list[float] = []
+    for tier in fitted.tiers[:-1]:
+        points = [(float(p[0]), float(p[1])) for p in tier.confidence.calibration or []]
+        pinned, level = pin_threshold(points, raw_threshold)
+        maps.append(pinned)
+        thresholds.append(level)
+    maps.append(None)
+    thresholds.append(fitted.tiers[-1].confidence.threshold)
+    return with_confidence(fitted, calibrations=maps, thresholds=thresholds)
 
 
 def calibrate(
@@ -395,21 +469,61 @@ def calibrate(
     progress: bool = False,
     min_reference_rows: int = MIN_REFERENCE_ROWS,
 ) -> Calibration:
-    """Fit maps on ``rows``, choose thresholds for ``objective`` on the same rows, then record
-    each tier's drift reference under those maps and thresholds."""
+    """Fit maps on ``rows``, choose thresholds for ``objective`` on the same rows (certified by
+    Learn-then-Test unless the objective is a target cost), drop tiers that can never answer,
+    then record each remaining tier's drift reference under those maps and thresholds."""
     if not rows:
         raise UserError("no rows to calibrate on (check --split / --benchmark)")
     maps = fit_calibrations(spec, rows, max_points=max_points)
     fitted = with_confidence(spec, calibrations=maps)
     base = capable_baseline(rows)
-    results = search(fitted, rows, base, objective, progress=progress)
-    chosen = choose(results, base, objective)
-    final = with_confidence(fitted, thresholds=chosen.thresholds)
-    refs, reached = fit_references(final, rows, min_rows=min_reference_rows)
-    final = with_confidence(final, references=refs)
+    cert: Certificate | None = None
+    results: list[Evaluation] = []
+    if objective.certified:
+        eps = objective.max_accuracy_drop if objective.max_accuracy_drop is not None else DEFAULT_DROP
+        try:
+            cert = certify(cert_rows(rows), eps, objective.delta, data_hash=data_hash(rows))
+        except CertificationError as err:
+            raise UserError(str(err)) from None
+        final = fitted if cert.chosen is None else certified_spec(fitted, cert.chosen.raw_threshold)
+    else:
+        results = search(fitted, rows, base, objective, progress=progress)
+        final = with_confidence(fitted, thresholds=choose(results, base, objective).thresholds)
+    kept_spec, keep = (None, []) if cert is not None and cert.chosen is None else drop_silent_tiers(final)
+    dropped = [final.tiers[i].name for i in range(len(final.tiers)) if i not in keep]
+    warnings: list[str] = []
+    if kept_spec is None:
+        kept = [len(spec.tiers) - 1]
+        chosen = Evaluation(
+            thresholds=(final.tiers[-1].confidence.threshold,),
+            accuracy=base.accuracy,
+            cost=base.cost,
+            shares=(1.0,),
+        )
+        out_spec = final
+        refs_rows = project(rows, kept)
+        reached: list[int] | None = None
+    else:
+        kept = keep
+        refs_rows = project(rows, kept)
+        chosen = evaluate(kept_spec, refs_rows)
+        refs, reached = fit_references(kept_spec, refs_rows, min_rows=min_reference_rows)
+        out_spec = with_confidence(kept_spec, references=refs)
+        for name, share in zip((t.name for t in kept_spec.tiers[:-1]), chosen.shares, strict=False):
+            if share == 0.0:
+                warnings.append(
+                    f"warning: tier {name} answered none of the {len(rows)} rows at this threshold: it is "
+                    "called and paid for on every query that reaches it"
+                )
+        if chosen.cost > base.cost:
+            warnings.append(
+                f"warning: this policy costs {chosen.cost / base.cost - 1:.1%} more than the capable tier "
+                "alone on the rows it was fitted on (negative savings)"
+            )
     b_raw: list[float | None] = []
     b_cal: list[float | None] = []
-    for i, tier in enumerate(final.tiers):
+    tiers = out_spec.tiers if kept_spec is not None else [final.tiers[i] for i in kept]
+    for tier, i in zip(tiers, kept, strict=True):
         pairs = [(r.raw[i], r.correct[i]) for r in rows if r.raw[i] is not None]
         if not pairs:
             b_raw.append(None)
@@ -420,7 +534,31 @@ def calibrate(
         ys = [p[1] for p in pairs]
         b_raw.append(brier(raws, ys))
         b_cal.append(brier([cmap(x) for x in raws], ys))
-    return Calibration(final, chosen, base, results, b_raw, b_cal, len(rows), reached, min_reference_rows)
+    return Calibration(
+        out_spec,
+        chosen,
+        base,
+        results,
+        b_raw,
+        b_cal,
+        len(rows),
+        reached,
+        min_reference_rows,
+        certificate=cert,
+        dropped=dropped if kept_spec is not None else [],
+        capable_only=kept_spec is None,
+        warnings=warnings,
+    )
+
+
+def selected_on_train(spec: CascadePolicySpec, rows: Sequence[Row], eps: float) -> CascadePolicySpec:
+    """The rule calibrate used before its guarantee, kept as a contrast for ``replay``: the
+    cheapest thresholds whose accuracy *on the same rows* is within ``eps`` of the capable tier's.
+    Selection on the rows that judge it: no guarantee."""
+    fitted = with_confidence(spec, calibrations=fit_calibrations(spec, rows))
+    base = capable_baseline(rows)
+    obj = SelectionObjective(max_accuracy_drop=eps)
+    return with_confidence(fitted, thresholds=choose(search(fitted, rows, base, obj), base, obj).thresholds)
 
 
 def needs_fit(spec: CascadeSpec) -> bool:

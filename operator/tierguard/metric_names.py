@@ -21,6 +21,7 @@ FEEDBACK = f"{PREFIX}_feedback"  # labels: policy, revision, tier, rating(up|dow
 FEEDBACK_REJECTED = f"{PREFIX}_feedback_rejected"  # labels: policy, reason
 BAD_REQUESTS = f"{PREFIX}_bad_requests"  # labels: policy, reason
 CONFIG_RELOADS = f"{PREFIX}_config_reloads"  # labels: policy, result(applied|invalid|restart_required)
+CONFIG_REJECTED = f"{PREFIX}_config_rejected"  # 1 while the file on disk is rejected; labels: policy
 
 # histograms
 CONFIDENCE = f"{PREFIX}_confidence"  # calibrated confidence; labels: policy, revision, tier

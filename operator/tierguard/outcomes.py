@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from .errors import OutcomeFormatError
 from .judging import recorded_raw_confidence
@@ -42,7 +42,8 @@ class ModelOutcome(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     answer: str
-    correct: bool | None = None
+    # strict: "yes", "1" or 1 are not silently read as true
+    correct: StrictBool | None = None
     conf_logprob: float | None = Field(
         default=None, description="Log-probability behind the confidence; null if none."
     )

@@ -6,6 +6,7 @@ accepted on input. ``crds/*.yaml`` is generated from these models (``tierguard c
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -548,21 +549,29 @@ def parse_policy_spec(data: Any, source: str = "policy") -> CascadePolicySpec:
 
 
 def parse_yaml(text: str | bytes, source: str) -> Any:
-    """Parsed YAML (or JSON); PolicyError naming ``source`` when it is not valid."""
+    """Parsed YAML (or JSON); PolicyError naming ``source`` when it is not valid (bytes that are not
+    UTF-8, too deeply nested, not YAML)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise PolicyError(f"{source}: not UTF-8 text (byte {err.start})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise PolicyError(f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply") from None
 
 
 def load_yaml(path: str | Path) -> Any:
     """A policy or config file's parsed YAML (or JSON); PolicyError when it cannot be read or parsed."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as err:
         raise PolicyError(f"{p}: cannot read: {err.strerror}") from None
-    return parse_yaml(text, str(p))
+    return parse_yaml(raw, str(p))
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:
@@ -589,18 +598,23 @@ def proxy_config_from_data(data: Any, source: str = "policy") -> ProxyConfig:
         if api != f"{API_GROUP}/{API_VERSION}" or kind != "CascadePolicy":
             raise PolicyError(f"{source}: expected apiVersion {API_GROUP}/{API_VERSION}, kind CascadePolicy")
         meta = data.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise PolicyError(f"{source}: metadata must be a mapping")
         spec = parse_policy_spec(data.get("spec"), source)
-        name = str(meta.get("name", "local"))
-        namespace = str(meta.get("namespace", "default"))
+        name = str(meta.get("name") or "local")
+        namespace = str(meta.get("namespace") or "default")
     else:
         spec = parse_policy_spec(data, source)
         name, namespace = "local", "default"
-    return ProxyConfig(
-        policy=name,
-        namespace=namespace,
-        stable=Revision.of(spec.cascade()),
-        settings=ProxySettings.from_deployment(spec.proxy),
-    )
+    try:
+        return ProxyConfig(
+            policy=name,
+            namespace=namespace,
+            stable=Revision.of(spec.cascade()),
+            settings=ProxySettings.from_deployment(spec.proxy),
+        )
+    except ValidationError as err:
+        raise PolicyError(f"{source}: invalid policy:\n{_format_validation_error(err)}") from None
 
 
 def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
@@ -608,10 +622,30 @@ def load_policy_spec(path: str | Path) -> tuple[str, CascadePolicySpec]:
     p = Path(path)
     data = load_yaml(p)
     if isinstance(data, dict) and data.get("kind") == "CascadePolicy":
-        return str((data.get("metadata") or {}).get("name", p.stem)), parse_policy_spec(
-            data.get("spec"), str(p)
-        )
+        check_manifest_keys(data, str(p))
+        meta = data.get("metadata")
+        name = meta.get("name", p.stem) if isinstance(meta, dict) else p.stem
+        return str(name), parse_policy_spec(data.get("spec"), str(p))
     return p.stem, parse_policy_spec(data, str(p))
+
+
+MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
+def check_manifest_keys(data: dict[str, Any], source: str) -> None:
+    """Unknown top-level fields of a manifest (e.g. ``metdata``) are an error, not carried along."""
+    unknown = [k for k in data if k not in MANIFEST_KEYS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), MANIFEST_KEYS, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PolicyError(
+            f"{source}: unknown top-level field {', '.join(hints)}; a CascadePolicy manifest has "
+            f"{', '.join(MANIFEST_KEYS)}"
+        )
+    if not isinstance(data.get("metadata", {}) or {}, dict):
+        raise PolicyError(f"{source}: metadata must be a mapping")
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")

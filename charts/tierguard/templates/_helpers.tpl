@@ -63,3 +63,9 @@ app.kubernetes.io/component: operator
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+
+{{/* Leader election: on with several replicas, or when asked for. */}}
+{{- define "tierguard.leaderElect" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
+{{- end -}}

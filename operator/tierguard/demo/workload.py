@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..drift import reference_fractions
+
 CHEAP_MODEL = "support-mini"
 CAPABLE_MODEL = "support-large"
 BENCHMARK = "synthetic-customer-support"
@@ -223,13 +225,13 @@ def _row(i: int, rng: random.Random, seed: int) -> dict[str, Any]:
         category = intent.name
         reference = intent.answer
         if kind == "centre":
-            cheap_correct = rng.random() < 0.99
+            cheap_correct = rng.random() < 0.995
             cheap_p = rng.uniform(0.88, 0.995)
         else:
             cheap_correct = rng.random() < 0.45
             cheap_p = rng.uniform(0.08, 0.50)
         cheap_answer = reference if cheap_correct else cheap_wrong_answer
-    capable_correct = rng.random() < 0.985
+    capable_correct = rng.random() < 0.992
     capable_answer = reference if capable_correct else cheap_wrong_answer
     capable_p = rng.uniform(0.90, 0.995)
     tokens_in = _tokens(SYSTEM_PROMPT) + _tokens(prompt)
@@ -274,6 +276,13 @@ def generate(seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) -> Iterator[dic
         i += 1
 
 
+def confidence_reference(rows: list[dict[str, Any]], model: str = CHEAP_MODEL) -> list[float]:
+    """The drift reference of ``model`` on the train split: the proportions of its confidences in
+    the fixed bins (what ``tierguard calibrate`` writes into ``confidence.reference``)."""
+    values = [math.exp(r["models"][model]["conf_logprob"]) for r in rows if r.get("split") == "train"]
+    return reference_fractions(values)
+
+
 def write(path: str | Path, seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) -> Path:
     """Write the workload as JSONL (one row per line)."""
     p = Path(path)
@@ -284,3 +293,6 @@ def write(path: str | Path, seed: int = DEFAULT_SEED, rows: int = DEFAULT_ROWS) 
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     tmp.replace(p)
     return p
+
+
+LABEL = "synthetic customer-support workload"

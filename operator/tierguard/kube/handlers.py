@@ -55,6 +55,7 @@ from ..rollout.decide import (
     start_rollout,
 )
 from ..rollout.observations import Observations
+from ..rollout.risks import flag_risks, risk_event
 from ..rollout.status import PolicyStatus, StatusError, parse_status
 from . import render
 from .client import (
@@ -289,6 +290,10 @@ class Reconciler:
         if status.phase == "Invalid":
             status = clear_invalid(status, now, generation)
             events.append(("Normal", "SpecValid", "the spec is valid again"))
+        flagged = flag_risks(status, checked.risks, now, generation)
+        if (risk := risk_event(status, flagged)) is not None:
+            events.append(risk)
+        status = flagged
 
         # -- a new revision (idempotent when the cascade did not change)
         revision = Revision.of(spec.cascade())

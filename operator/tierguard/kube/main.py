@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import logging
 import os
+import signal
+import socket
 import sys
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,6 +34,7 @@ from ..rollout.observations import Observations
 from ..rollout.status import PolicyStatus
 from .client import KubeApi, KubeError, load_api_client
 from .handlers import Observer, Reconciler, configure_settings, register
+from .lease import LeaderElector, Timings
 
 log = logging.getLogger("tierguard.operator")
 
@@ -57,6 +62,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", default=None, help="kubeconfig context")
     parser.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    elect = parser.add_argument_group("leader election (several replicas: only the Lease holder acts)")
+    elect.add_argument("--leader-elect", action="store_true", help="hold a coordination.k8s.io Lease to act")
+    elect.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace)",
+    )
+    elect.add_argument("--lease-name", default="tierguard-operator", help="name of the Lease")
+    elect.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
+                       help="a silent leader is replaced after this long (default 15)")  # fmt: skip
+    elect.add_argument("--renew-deadline", type=float, default=10.0, metavar="S",
+                       help="a leader unable to renew this long stops acting (default 10)")  # fmt: skip
+    elect.add_argument("--retry-period", type=float, default=2.0, metavar="S",
+                       help="how often the Lease is renewed or tried (default 2)")  # fmt: skip
+    elect.add_argument(
+        "--identity", default=None, help="this replica's name in the Lease (default: host-pid)"
+    )
 
 
 class UnconfiguredProvider:
@@ -193,14 +215,86 @@ def run(args: argparse.Namespace) -> int:
     )
     registry, _ = build(api, observer)
     where = "all namespaces" if args.all_namespaces else ", ".join(args.namespace)
+    elector = _elector(args, api) if args.leader_elect else None
+    if elector is not None and not _wait_to_lead(elector, args.liveness):
+        return 0  # stopped while waiting
     log.info("tierguard operator watching %s, Prometheus %s", where, args.prometheus_url or "(none)")
-    asyncio.run(
-        operate(
-            registry,
-            namespaces=args.namespace or (),
-            clusterwide=bool(args.all_namespaces),
-            standalone=args.standalone,
-            liveness=args.liveness,
+    stop_renewing = threading.Event()
+    if elector is not None:
+        threading.Thread(
+            target=elector.keep_renewing, args=(stop_renewing, _lost_leadership), daemon=True
+        ).start()
+    try:
+        asyncio.run(
+            operate(
+                registry,
+                namespaces=args.namespace or (),
+                clusterwide=bool(args.all_namespaces),
+                standalone=args.standalone or elector is not None,
+                liveness=args.liveness,
+            )
         )
-    )
+    finally:
+        stop_renewing.set()
+        if elector is not None:
+            elector.release()
     return 0
+
+
+def _elector(args: argparse.Namespace, api: KubeApi) -> LeaderElector:
+    namespace = args.lease_namespace or (args.namespace[0] if args.namespace else None)
+    if not namespace:
+        raise UserError("--leader-elect with --all-namespaces needs --lease-namespace (or $POD_NAMESPACE)")
+    try:
+        timings = Timings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
+    return LeaderElector(api, namespace, args.lease_name, identity, timings)
+
+
+def _wait_to_lead(elector: LeaderElector, liveness: str | None) -> bool:
+    """Block until this replica holds the Lease; SIGTERM/SIGINT end the wait. A waiting replica
+    is alive: its liveness endpoint answers meanwhile (kopf serves it once leading)."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    server = serve_liveness(liveness) if liveness else None
+    try:
+        log.info("leader election: %s waits for the Lease %s/%s", elector.identity, elector.namespace,
+                 elector.name)  # fmt: skip
+        leading = elector.acquire(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if leading:
+        log.info("leader election: %s leads", elector.identity)
+    return leading
+
+
+def _lost_leadership() -> None:
+    # client-go's choice: a replica that may no longer be the leader stops at once (its restart
+    # makes it a follower); finishing work in flight could overlap with the new leader's.
+    log.error("leader election: the Lease could not be renewed in time; exiting so another replica leads")
+    logging.shutdown()
+    os._exit(1)
+
+
+def serve_liveness(url: str) -> http.server.ThreadingHTTPServer:
+    """A minimal ``200 ok`` on the liveness URL's port, in a thread."""
+    parsed = urllib.parse.urlsplit(url)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"waiting for the lease\n")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 80), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

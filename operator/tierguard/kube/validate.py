@@ -1,6 +1,7 @@
 """Checks of a CascadePolicy that passed the API server's schema but cannot work (pure).
 
 The reconciler marks such a policy ``Ready=False`` with the message and touches nothing else.
+A valid policy's dangerous settings come back as ``risks`` (see :mod:`tierguard.rollout.risks`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..policy import CascadePolicySpec, PolicyError, QualitySLOSpec, parse_policy_spec
+from ..rollout.risks import Risk, policy_risks
 from ..rollout.slo import validate_slos
 from .render import CONFIG_DIR, MAX_POLICY_NAME
 
@@ -21,6 +23,7 @@ class Validated:
     spec: CascadePolicySpec | None
     slos: dict[str, QualitySLOSpec] = field(default_factory=dict)
     problem: str | None = None
+    risks: tuple[Risk, ...] = ()  # valid but dangerous settings: flagged, not refused
 
     @property
     def ok(self) -> bool:
@@ -65,7 +68,7 @@ def validate_policy(
     problems += validate_slos(refs, slos, spec.cascade())
     if problems:
         return Validated(spec, slos, "; ".join(problems))
-    return Validated(spec, slos)
+    return Validated(spec, slos, risks=tuple(policy_risks(spec, slos)))
 
 
 def _overlaps(a: str, b: str) -> bool:

@@ -69,6 +69,7 @@ class ProxyApp:
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
         self.runtime: Runtime | None = None
+        self.config_error: str | None = None  # the last rejected reload, until a good one applies
         self.app = web.Application(client_max_size=config.settings.max_body_bytes)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/chat/completions", self.chat)
@@ -169,6 +170,8 @@ class ProxyApp:
                 "stable": rt.stable.name,
                 "canary": rt.canary.name if rt.canary else None,
                 "canary_weight": rt.weight,
+                # why the file on disk is not what is served (None once a good file is applied)
+                "config_error": self.config_error,
             }
         )
 

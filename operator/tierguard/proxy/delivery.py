@@ -83,6 +83,8 @@ def failure_response(err: TierFailure, outcome: Outcome) -> web.Response:
         "x-tierguard-revision": outcome.revision.name,
         "x-tierguard-tiers-tried": ",".join(a.tier for a in outcome.attempts),
     }
+    if err.retry_after is not None:  # the last tier's own advice to a rate-limited client
+        headers["Retry-After"] = err.retry_after
     return error_response(err.status, str(err), etype=etype, code=err.kind, headers=headers)
 
 

@@ -98,5 +98,6 @@ async def judge_reply(
                 attempt.failed(err)
                 attempt.error = f"self_eval: {err}"
                 return judging.failed_call(spec, i)
+            attempt.verified(client.tier, verdict.tokens_in, verdict.tokens_out)
             raw = judging.p_yes(verdict.body)
     return judging.judge_answer(spec, i, raw, capable_only=rev.capable_only)

@@ -94,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.policy)
 
     async def start_watcher(app: web.Application) -> None:
-        def on_invalid(_msg: str) -> None:
+        def on_invalid(msg: str) -> None:
             proxy.metrics.reloads.labels(proxy.metrics.policy, "invalid").inc()
+            proxy.metrics.config_rejected.set(1)
+            proxy.config_error = msg
 
         def apply(config: object) -> None:
             proxy.apply(config)  # type: ignore[arg-type]
             proxy.metrics.reloads.labels(proxy.metrics.policy, "applied").inc()
+            proxy.metrics.config_rejected.set(0)
+            proxy.config_error = None
 
         app["watcher"] = asyncio.create_task(watch(path, digest, apply, on_invalid, args.reload_interval))
 

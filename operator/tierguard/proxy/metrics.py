@@ -66,6 +66,12 @@ class ProxyMetrics:
         )
         self.canary_weight = Gauge(m.CANARY_WEIGHT, "Canary traffic share in percent", ["policy"], registry=r)
         self.reloads = Counter(m.CONFIG_RELOADS, "Config reloads by result", ["policy", "result"], registry=r)
+        self.config_rejected = Gauge(
+            m.CONFIG_REJECTED,
+            "1 while the policy file on disk is rejected and the last good config keeps serving",
+            ["policy"],
+            registry=r,
+        ).labels(policy)
 
         self.shadow_samples = Counter(
             m.SHADOW_SAMPLES, "Accepted answers re-answered by the last tier", rt, registry=r

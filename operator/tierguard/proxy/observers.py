@@ -49,10 +49,10 @@ class MetricsObserver:
                 m.confidence.labels(policy, rev, a.tier).observe(j.confidence)
             if a.latency_s:
                 m.tier_latency.labels(policy, rev, a.tier).observe(a.latency_s)
-            if a.tokens_in:
-                m.tokens.labels(policy, rev, a.tier, "in").inc(a.tokens_in)
-            if a.tokens_out:
-                m.tokens.labels(policy, rev, a.tier, "out").inc(a.tokens_out)
+            if a.all_tokens_in:  # the answer and, with self_eval, the verification call
+                m.tokens.labels(policy, rev, a.tier, "in").inc(a.all_tokens_in)
+            if a.all_tokens_out:
+                m.tokens.labels(policy, rev, a.tier, "out").inc(a.all_tokens_out)
             if a.cost_usd:
                 m.cost.labels(policy, rev, a.tier).inc(a.cost_usd)
         if decision.attempts:
@@ -62,10 +62,20 @@ class MetricsObserver:
 
 
 def counterfactual_cost(decision: Decision) -> float:
-    """What the request would have cost had the capable (last) tier answered it alone: the first
-    call's input tokens and the last call's output tokens at the capable tier's prices."""
+    """What the request would have cost had the capable (last) tier answered it alone: the
+    prompt's input tokens and the last call's output tokens at the capable tier's prices.
+
+    The prompt's tokens are the capable tier's own count when it was called, else the first call
+    that reported any: a stream aborted early ends before its usage arrives (0 tokens in). The
+    capable tier alone would not verify its answer, so self-verification tokens are not part of
+    it (they are part of the cascade's cost, :attr:`Attempt.cost_usd`)."""
     capable = decision.revision.clients[-1].tier
-    return capable.cost_usd(decision.attempts[0].tokens_in, decision.attempts[-1].tokens_out)
+    attempts = decision.attempts
+    called_capable = len(attempts) > 0 and attempts[-1].tier == capable.name and attempts[-1].tokens_in > 0
+    prompt = (
+        attempts[-1].tokens_in if called_capable else next((a.tokens_in for a in attempts if a.tokens_in), 0)
+    )
+    return capable.cost_usd(prompt, attempts[-1].tokens_out)
 
 
 class DriftObserver:

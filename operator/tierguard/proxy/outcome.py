@@ -23,12 +23,27 @@ class Attempt:
     error: str | None = None
     error_kind: str | None = None
     streamed_tokens: int | None = None
+    verify_tokens_in: int = 0  # the self-verification call (confidence.method: self_eval)
+    verify_tokens_out: int = 0
 
     def used(self, tier: Tier, tokens_in: int, tokens_out: int, latency_s: float) -> None:
         """Record what the call took and cost."""
         self.latency_s = latency_s
         self.tokens_in, self.tokens_out = tokens_in, tokens_out
         self.cost_usd = tier.cost_usd(tokens_in, tokens_out)
+
+    def verified(self, tier: Tier, tokens_in: int, tokens_out: int) -> None:
+        """Add the self-verification call's tokens and cost: it is paid for like the answer."""
+        self.verify_tokens_in, self.verify_tokens_out = tokens_in, tokens_out
+        self.cost_usd += tier.cost_usd(tokens_in, tokens_out)
+
+    @property
+    def all_tokens_in(self) -> int:
+        return self.tokens_in + self.verify_tokens_in
+
+    @property
+    def all_tokens_out(self) -> int:
+        return self.tokens_out + self.verify_tokens_out
 
     def failed(self, err: TierFailure) -> None:
         self.error = str(err)
@@ -48,6 +63,9 @@ class Attempt:
         }
         if self.error:
             out["error"] = self.error
+        if self.verify_tokens_in or self.verify_tokens_out:  # cost_usd includes them
+            out["self_eval_tokens_in"] = self.verify_tokens_in
+            out["self_eval_tokens_out"] = self.verify_tokens_out
         if self.streamed_tokens is not None:
             out["tokens_seen_before_abort"] = self.streamed_tokens
         return out

@@ -42,9 +42,10 @@ from .upstream import TierFailure
 log = logging.getLogger("tierguard.proxy")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
-    """One chat request, as it ended."""
+    """One chat request, as it ended. Observers read it and never change it (it is not frozen:
+    a frozen dataclass costs microseconds per request to build)."""
 
     policy: str
     runtime: Runtime
@@ -65,27 +66,23 @@ class Decision:
         cls, policy: str, runtime: Runtime, request: dict[str, Any], outcome: Outcome, latency_s: float
     ) -> Decision:
         failure = outcome.failure
+        answered = outcome.answered
         if failure is not None and failure.kind == "client_error":
             status = "client_error"
-        elif failure is not None or outcome.answered is None:
+        elif failure is not None or answered is None:
             status = "error"
         else:
             status = "ok"
+        cost = 0.0
+        for a in outcome.attempts:
+            cost += a.cost_usd
+        rev = outcome.revision
+        tier = "none" if answered is None else rev.clients[answered].tier.name
+        # positional, in field order: the cheapest way to build it once per request
         return cls(
-            policy=policy,
-            runtime=runtime,
-            request=request,
-            revision=outcome.revision,
-            attempts=outcome.attempts,
-            answered=outcome.answered,
-            answered_tier=outcome.answered_tier or "none",
-            status=status,
-            failure=failure,
-            answer=outcome.answer,
-            response_id=outcome.response_id,
-            latency_s=latency_s,
-            cost_usd=sum(a.cost_usd for a in outcome.attempts),
-        )
+            policy, runtime, request, rev, outcome.attempts, answered, tier, status, failure,
+            outcome.answer, outcome.response_id, latency_s, cost,
+        )  # fmt: skip
 
     @property
     def reason(self) -> str | None:

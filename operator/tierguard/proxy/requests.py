@@ -10,6 +10,7 @@ the others; ``reason`` becomes the label of ``tierguard_bad_requests_total``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -31,9 +32,29 @@ async def read_json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise BadRequest("request body too large", reason="too_large") from None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the request body is not valid JSON", reason="bad_json") from None
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        raise BadRequest("the request body is nested too deeply", reason="bad_json") from None
+    if b"\\u" in raw and _has_lone_surrogate(raw):
+        raise BadRequest("the request body holds an unpaired UTF-16 surrogate escape", reason="bad_json")
+    return body
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(raw: bytes) -> bool:
+    """True when a ``\\uD800``-``\\uDFFF`` escape does not form a pair (json.loads accepts it; the
+    resulting string cannot be encoded as UTF-8 for a tier). Only bodies with such escapes pay."""
+    if not _SURROGATE.search(raw):
+        return False
+    try:
+        json.dumps(json.loads(raw), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 async def read_chat_request(request: web.Request) -> dict[str, Any]:
@@ -72,11 +93,50 @@ def validate_request(body: Any) -> dict[str, Any]:
     top = body.get("top_logprobs")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
         raise BadRequest("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
-    for key in ("temperature", "top_p"):
+    for key, (lo, hi) in NUMBER_RANGES.items():
         v = body.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
             raise BadRequest(f"'{key}' must be a number", key)
+        if not lo <= v <= hi:
+            raise BadRequest(f"'{key}' must be between {lo:g} and {hi:g}, got {v:g}", key)
+    _check_openai_fields(body)
     return body
+
+
+# Ranges the OpenAI chat-completions API enforces (a request it would refuse is refused here too,
+# not forwarded to tiers that might each answer it differently).
+NUMBER_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+MAX_STOP = 4
+
+
+def _check_openai_fields(body: dict[str, Any]) -> None:
+    """Types of the other fields the OpenAI API checks, as it checks them."""
+    if "model" in body and not isinstance(body["model"], str):
+        raise BadRequest("'model' must be a string", "model")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("'seed' must be an integer", "seed")
+    stop = body.get("stop")
+    if stop is not None and not _stop_ok(stop):
+        raise BadRequest(f"'stop' must be a string or an array of at most {MAX_STOP} strings", "stop")
+    bias = body.get("logit_bias")
+    if bias is not None and not _bias_ok(bias):
+        raise BadRequest("'logit_bias' must map token ids to numbers from -100 to 100", "logit_bias")
+    for key in ("response_format", "metadata"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise BadRequest(f"'{key}' must be an object", key)
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise BadRequest("'tools' must be an array", "tools")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise BadRequest("'tool_choice' must be a string or an object", "tool_choice")
 
 
 def parse_feedback(body: Any) -> tuple[Any, str]:
@@ -87,3 +147,15 @@ def parse_feedback(body: Any) -> tuple[Any, str]:
     if rating not in ("up", "down"):
         raise BadRequest("'rating' must be 'up' or 'down'", "rating")
     return body.get("id"), rating
+
+
+def _stop_ok(stop: Any) -> bool:
+    if isinstance(stop, str):
+        return True
+    return isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)
+
+
+def _bias_ok(bias: Any) -> bool:
+    return isinstance(bias, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and -100 <= v <= 100 for v in bias.values()
+    )

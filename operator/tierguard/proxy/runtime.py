@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ..policy import CAPABLE_ONLY, ProxyConfig, Revision
-from .upstream import TierClient
+from .upstream import ConnectionKey, TierClient, TierConnection, connection_key
 
 
 @dataclass
@@ -30,33 +30,40 @@ class RevisionRuntime:
         return self.revision.mode == CAPABLE_ONLY
 
 
+def canary_slot(sticky_key: str, salt: str) -> int:
+    """The sticky key's slot in 0..99 for one rollout: salted with the canary revision's name, so
+    each rollout draws its own users (unsalted, the same users would be the canary every time),
+    while within a rollout a user in the canary at one weight stays in it at every higher weight."""
+    return zlib.crc32(f"{salt}\x00{sticky_key}".encode()) % 100
+
+
 class Runtime:
     def __init__(
         self, config: ProxyConfig, session: aiohttp.ClientSession, previous: Runtime | None = None
     ) -> None:
         self.config = config
         self.config_hash = config.config_hash()
-        # Reuse tier clients (and their concurrency limits) whose tier did not change.
-        reuse: dict[str, TierClient] = {}
+        # One connection (and concurrency limit) per upstream, shared by the revisions that use it
+        # and kept across reloads that do not change it.
+        reuse: dict[ConnectionKey, TierConnection] = {}
         if previous is not None:
             for rev in previous.revisions():
                 for c in rev.clients:
-                    reuse[c.tier.model_dump_json()] = c
+                    reuse[c.connection.key] = c.connection
+        self.connections: dict[ConnectionKey, TierConnection] = {}
         self.stable = self._build(config.stable, session, reuse)
         self.canary = self._build(config.canary, session, reuse) if config.canary else None
         self.weight = config.canary_weight if self.canary else 0
 
-    @staticmethod
     def _build(
-        rev: Revision, session: aiohttp.ClientSession, reuse: dict[str, TierClient]
+        self, rev: Revision, session: aiohttp.ClientSession, reuse: dict[ConnectionKey, TierConnection]
     ) -> RevisionRuntime:
         clients = []
         for tier in rev.cascade.tiers:
-            key = tier.model_dump_json()
-            client = reuse.get(key)
-            if client is None:
-                client = reuse[key] = TierClient(tier, session)
-            clients.append(client)
+            key = connection_key(tier)
+            conn = self.connections.get(key) or reuse.get(key) or TierConnection(tier, session)
+            self.connections[key] = conn
+            clients.append(TierClient(tier, session, conn))
         return RevisionRuntime(rev, clients)
 
     def revisions(self) -> list[RevisionRuntime]:
@@ -68,5 +75,5 @@ class Runtime:
             return self.stable
         if self.weight >= 100:
             return self.canary
-        slot = zlib.crc32(sticky_key.encode()) % 100 if sticky_key else random.randrange(100)
+        slot = canary_slot(sticky_key, self.canary.name) if sticky_key else random.randrange(100)
         return self.canary if slot < self.weight else self.stable

@@ -20,10 +20,11 @@ class TierFailure(Exception):
     """A tier call that produced no usable answer. ``status`` is what the client should see if
     this was the last tier."""
 
-    def __init__(self, kind: str, message: str, status: int) -> None:
+    def __init__(self, kind: str, message: str, status: int, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind  # timeout | connect | http_429 | http_5xx | http_4xx | client_error | malformed
         self.status = status
+        self.retry_after = retry_after  # the tier's Retry-After (429/503), passed on by the last tier
         self.latency_s = 0.0  # how long the call ran before it failed, where the caller timed it
 
 
@@ -123,17 +124,45 @@ class StreamState:
         return self.tokens_in, self.tokens_out or len(self.logprobs)
 
 
-class TierClient:
+ConnectionKey = tuple[str, str, str, int]
+
+
+def connection_key(tier: Tier) -> ConnectionKey:
+    """What makes two tiers the same upstream: endpoint, model, credentials source and concurrency
+    limit. Name, prices, timeout and confidence settings are not part of it, so a canary that only
+    moves a threshold shares its stable's connection (and ``maxConcurrency`` holds across both)."""
+    key_source = tier.api_key.model_dump_json() if tier.api_key is not None else ""
+    return (tier.base_url.rstrip("/"), tier.model, key_source, tier.max_concurrency)
+
+
+class TierConnection:
+    """One upstream endpoint: URL, credentials and the concurrency limit every revision using it shares."""
+
     def __init__(self, tier: Tier, session: aiohttp.ClientSession) -> None:
-        self.tier = tier
+        self.key = connection_key(tier)
         self.session = session
         self.url = tier.base_url.rstrip("/") + "/chat/completions"
         self.semaphore = asyncio.Semaphore(tier.max_concurrency)
-        self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
         key = resolve_api_key(tier)
+        self.api_key = key
         self.headers = {"Content-Type": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+
+
+class TierClient:
+    """One revision's tier (its name, prices, timeout) over a possibly shared :class:`TierConnection`."""
+
+    def __init__(
+        self, tier: Tier, session: aiohttp.ClientSession, connection: TierConnection | None = None
+    ) -> None:
+        self.tier = tier
+        self.connection = connection if connection is not None else TierConnection(tier, session)
+        self.session = self.connection.session
+        self.url = self.connection.url
+        self.semaphore = self.connection.semaphore
+        self.headers = self.connection.headers
+        self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
 
     def _payload(self, request: dict[str, Any], *, stream: bool, logprobs: bool) -> bytes:
         body = dict(request)
@@ -157,10 +186,11 @@ class TierClient:
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
+                    retry_after = resp.headers.get("Retry-After") if status != 200 else None
             except (TimeoutError, aiohttp.ClientError) as err:
                 raise _transport_failure(self.tier.name, err) from None
         latency = time.perf_counter() - start
-        _check_status(self.tier.name, status, raw)
+        _check_status(self.tier.name, status, raw, self.connection.api_key, retry_after)
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
@@ -186,7 +216,9 @@ class TierClient:
                     self.url, data=data, headers=self.headers, timeout=self.timeout
                 ) as resp:
                     if resp.status != 200:
-                        _check_status(self.tier.name, resp.status, await resp.read())
+                        raw = await resp.read()
+                        retry_after = resp.headers.get("Retry-After")
+                        _check_status(self.tier.name, resp.status, raw, self.connection.api_key, retry_after)
                     buf = b""
                     async for piece in resp.content.iter_any():
                         buf += piece
@@ -232,11 +264,20 @@ def _absorb(event: bytes, state: StreamState) -> bool:
     return False
 
 
-def _check_status(tier: str, status: int, raw: bytes) -> None:
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (an upstream may quote the API key it was sent in its error)."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _check_status(
+    tier: str, status: int, raw: bytes, secret: str | None = None, retry_after: str | None = None
+) -> None:
     if status == 200:
         return
     if status == 429:
-        raise TierFailure("http_429", f"tier {tier} is rate limited", 429)
+        # Retry-After is kept when it is what RFC 9110 allows (seconds or an HTTP date), short
+        wait = retry_after.strip() if retry_after and len(retry_after) <= 64 else None
+        raise TierFailure("http_429", f"tier {tier} is rate limited", 429, wait if wait else None)
     kind = "client_error" if status in CLIENT_FAULT_STATUSES else "http_4xx"
     if status >= 500:
         raise TierFailure("http_5xx", f"tier {tier} failed with HTTP {status}", 502)
@@ -245,7 +286,7 @@ def _check_status(tier: str, status: int, raw: bytes) -> None:
     try:
         err = json.loads(raw).get("error", {})
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message += f": {err['message'][:300]}"
+            message += f": {redact(err['message'], secret)[:300]}"
     except (ValueError, AttributeError):
         pass
     raise TierFailure(kind, message, status)

@@ -6,6 +6,7 @@ Everything is fitted on the ``train`` split and reported on the ``test`` split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..calibration import (
-    DEFAULT_CONFIDENCE,
+    DEFAULT_DELTA,
     NEVER_ACCEPTS,
     SelectionObjective,
     calibrate,
@@ -28,6 +29,7 @@ from ..errors import UserError
 from ..outcomes import Dataset, Row, load_dataset, warn_skipped
 from ..policy import CascadePolicySpec, load_policy_spec
 from . import strategies as st
+from .report_html import cost_matched, equal_cost_label
 
 STRATEGIES = ("capable-only", "pre-route-classifier", "allowlist", "cascade", "cascade+shadow")
 THRESHOLD_GRID = (
@@ -75,7 +77,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--benchmark", action="append", default=None, help="only rows of this benchmark (repeatable)"
     )
     parser.add_argument(
-        "--scenario", choices=("none", "drift"), default="none", help="also run this scenario"
+        "--scenario",
+        choices=("none", "drift", "rollout"),
+        default="none",
+        help="also run this scenario (rollout: the fitted policy through the operator's rollout gate)",
     )
     parser.add_argument(
         "--fit",
@@ -90,11 +95,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="objective when fitting thresholds (and the allowlist's): accuracy >= capable tier's minus this",
     )
     parser.add_argument(
-        "--confidence",
+        "--delta",
         type=float,
-        default=DEFAULT_CONFIDENCE,
-        help="one-sided confidence of the fitted accuracy constraint "
-        f"(default {DEFAULT_CONFIDENCE}; 0.5 or less: the point estimate)",
+        default=DEFAULT_DELTA,
+        help="the fitted policy's accuracy guarantee may fail with probability at most this "
+        f"(default {DEFAULT_DELTA}; docs/guarantee.md)",
     )
     parser.add_argument(
         "--shadow-rate", type=float, default=0.05, help="share of accepted cheaper answers re-asked"
@@ -113,6 +118,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     drift.add_argument(
         "--null-runs", type=int, default=200, help="healthy streams for the false-alarm calibration"
     )
+    ro = parser.add_argument_group("rollout scenario")
+    ro.add_argument(
+        "--requests-per-interval", type=int, default=20_000, help="replayed requests per analysis interval"
+    )
+    ro.add_argument(
+        "--rollout-resplits",
+        type=int,
+        default=0,
+        help="also refit and roll out on this many exchangeable re-splits of train+test (false rollbacks)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -128,19 +143,23 @@ def _parse_strategies(text: str) -> list[str]:
 
 
 def _objective(args: argparse.Namespace) -> SelectionObjective:
-    return SelectionObjective(max_accuracy_drop=args.max_accuracy_drop, confidence=args.confidence)
+    return SelectionObjective(max_accuracy_drop=args.max_accuracy_drop, delta=args.delta)
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.confidence < 1.0:
-        raise UserError("--confidence must lie in [0, 1)")
+    if not 0.0 < args.delta < 1.0:
+        raise UserError("--delta must lie in (0, 1)")
+    if not 0.0 <= args.max_accuracy_drop < 1.0:
+        raise UserError("--max-accuracy-drop must lie in [0, 1) (a fraction: 0.01 is one point)")
     if not 0.0 <= args.shadow_rate <= 1.0:
         raise UserError("--shadow-rate must lie in [0, 1]")
     if not 0.0 < args.review_rate <= 1.0:
         raise UserError("--review-rate must lie in (0, 1]")
     if not 0.0 < args.alpha < 1.0:
         raise UserError("--alpha must lie in (0, 1)")
-    for name in ("shift_at", "horizon", "runs", "null_runs"):
+    if args.rollout_resplits < 0:
+        raise UserError("--rollout-resplits must not be negative")
+    for name in ("shift_at", "horizon", "runs", "null_runs", "requests_per_interval"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
@@ -160,13 +179,18 @@ def fit_spec(
     progress(f"{label}: fitting calibration and thresholds on {len(train)} train rows")
     cal = calibrate(spec, train, objective)
     base = cal.baseline
+    if cal.capable_only:
+        progress(f"{label}: {NEVER_ACCEPTS}")
     return cal.spec, {
         "source": "fitted on train",
         "rows": len(train),
         "objective": objective.describe(),
         "train_accuracy": cal.chosen.accuracy,
         "train_capable_accuracy": base.accuracy,
-        "train_savings": 1.0 - cal.chosen.cost / base.cost if base.cost else None,
+        "train_savings": cal.savings,
+        "capable_only": cal.capable_only,
+        "guarantee": cal.certificate.to_json() if cal.certificate is not None else None,
+        "warnings": cal.warnings,
         "combinations_routed": len(cal.results),
         "brier_raw": cal.brier_raw,
         "brier_calibrated": cal.brier_calibrated,
@@ -271,6 +295,7 @@ def equal_cost(casc_m: dict[str, Any], eq: dict[str, Any]) -> dict[str, Any]:
     """The cascade beside the pre-router matched to its mean cost."""
     tails = (casc_m["long_tail_accuracy"], eq["long_tail_accuracy"])
     return {
+        "cost_matched": cost_matched(casc_m["cost_per_query_usd"], eq["cost_per_query_usd"]),
         "cascade_cost": casc_m["cost_per_query_usd"],
         "pre_route_cost": eq["cost_per_query_usd"],
         "cascade_accuracy": casc_m["accuracy"],
@@ -304,12 +329,18 @@ def evaluate_strategies(
     progress: Progress,
     *,
     frontiers: bool = True,
+    capable_only: bool = False,
 ) -> dict[str, Any]:
+    """``capable_only``: the fitted policy is the capable tier alone (nothing cheaper certified)."""
     n_t = len(spec.tiers)
     cap = st.capable_only(spec, test)
     sc = Scoring(test, n_t, sum(cap.cost) / len(test))
     results: list[dict[str, Any]] = [sc.metrics(cap)]
-    casc = st.cascade(spec, test)
+    casc = (
+        dataclasses.replace(cap, name="cascade", notes={"capable_only": True})
+        if capable_only
+        else st.cascade(spec, test)
+    )
     casc_m = sc.metrics(casc)
     pre = (
         pre_route(sc, train, casc_m, progress, frontiers=frontiers)
@@ -368,8 +399,13 @@ def run_drift(
         raise UserError(f"drift scenario: need test rows of both {a!r} and {b!r}")
     fitted, fit_info = fit_spec(spec, train_a, args.fit, _objective(args), progress, f"drift ({a})")
     # Quality before and after the shift, per strategy (all fitted on A's train rows).
-    before = evaluate_strategies(fitted, train_a, test_a, names, args, progress, frontiers=False)
-    after = evaluate_strategies(fitted, train_a, test_b, names, args, progress, frontiers=False)
+    only = bool(fit_info.get("capable_only"))
+    before = evaluate_strategies(
+        fitted, train_a, test_a, names, args, progress, frontiers=False, capable_only=only
+    )
+    after = evaluate_strategies(
+        fitted, train_a, test_b, names, args, progress, frontiers=False, capable_only=only
+    )
     quality = []
     for x, y in zip(before["strategies"], after["strategies"], strict=True):
         quality.append(
@@ -402,6 +438,102 @@ def run_drift(
     return {"fit": fit_info, "policy": policy_summary(fitted), "quality": quality, **mon}
 
 
+def reliability_report(
+    spec: CascadePolicySpec, fitted: CascadePolicySpec, train: Sequence[Row], test: Sequence[Row]
+) -> dict[str, Any]:
+    """Per tier: out-of-fold reliability on train, and the policy's maps on test (ECE, bins)."""
+    from ..reliability import on_rows, oof_reliability
+
+    def js(items: Sequence[Any]) -> list[dict[str, Any] | None]:
+        return [None if r is None else r.to_json() for r in items]
+
+    return {
+        "train_out_of_fold": js(oof_reliability(spec, train)) if train else [],
+        "test": js(on_rows(fitted, test)),
+    }
+
+
+def run_rollout(
+    spec: CascadePolicySpec,
+    train: Sequence[Row],
+    test: Sequence[Row],
+    args: argparse.Namespace,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The fitted (certified) policy and, for contrast, the policy selected on train without a
+    guarantee, each rolled out on the test traffic; then refits on exchangeable re-splits."""
+    import random
+
+    from ..calibration import selected_on_train
+    from .rollout_sim import rollout_runs
+
+    if not train:
+        raise UserError("rollout scenario: needs train rows to fit the policy on")
+    objective = _objective(args)
+    eps = args.max_accuracy_drop
+    shadow = spec.proxy.shadow_rate or args.shadow_rate
+    common = {
+        "eps": eps,
+        "requests_per_interval": args.requests_per_interval,
+        "shadow_rate": shadow,
+        "runs": args.runs,
+        "seed": args.seed,
+    }
+    policies = []
+    cal = calibrate(spec, train, objective)
+    if cal.capable_only:
+        policies.append({"policy": "certified", "capable_only": True, "note": NEVER_ACCEPTS})
+    else:
+        progress(f"rollout: certified policy, {args.runs} runs on {len(test)} test rows")
+        policies.append(rollout_runs("certified", cal.spec, train, test, **common))
+    progress(f"rollout: policy selected on train without a guarantee, {args.runs} runs")
+    policies.append(
+        rollout_runs(
+            "selected on train (no guarantee)", selected_on_train(spec, train, eps), train, test, **common
+        )
+    )
+    resplits: list[dict[str, Any]] = []
+    pool = [*train, *test]
+    rng = random.Random(args.seed)
+    for i in range(args.rollout_resplits):
+        rows = list(pool)
+        rng.shuffle(rows)
+        tr, te = rows[: len(train)], rows[len(train) :]
+        c = calibrate(spec, tr, objective)
+        if c.capable_only:
+            resplits.append({"split": i, "capable_only": True})
+            continue
+        r = rollout_runs("certified", c.spec, tr, te, **{**common, "runs": 1, "seed": args.seed + i})
+        resplits.append(
+            {
+                "split": i,
+                "capable_only": False,
+                "test_gap": r["test_gap"],
+                "promoted": r["promoted"] == 1,
+                "rolled_back": r["rolled_back"] == 1,
+                "requests": r["median_requests_to_decision"],
+            }
+        )
+        if (i + 1) % 10 == 0:
+            progress(f"rollout: {i + 1}/{args.rollout_resplits} re-splits")
+    good = [x for x in resplits if not x["capable_only"] and x["test_gap"] <= eps]
+    false_rb = sum(x["rolled_back"] for x in good)
+    rate = false_rb / len(good) if good else None
+    return {
+        "config": {**common, "rollout": spec.rollout.to_yaml_dict()},
+        "policies": policies,
+        "resplits": {
+            "splits": len(resplits),
+            "capable_only": sum(x["capable_only"] for x in resplits),
+            "good": len(good),
+            "false_rollbacks": false_rb,
+            "false_rollback_rate": rate,
+            "standard_error": (rate * (1 - rate) / len(good)) ** 0.5 if good and rate is not None else None,
+            "details": resplits,
+        },
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     names = _parse_strategies(args.strategies)
@@ -423,17 +555,21 @@ def run(args: argparse.Namespace) -> int:
     train = [r for r in main_rows if r.split == "train"]
     test = [r for r in main_rows if r.split == "test"]
     if not test:
-        have = sorted({f"{r.benchmark}/{r.split}" for r in ds.rows})
-        raise UserError(f"no usable test rows to report on (rows available: {', '.join(have) or 'none'})")
+        from ..nodata import explain_no_rows
+
+        raise UserError(explain_no_rows(args.data, spec, benchmarks=args.benchmark, split="test"))
     fitted, fit_info = fit_spec(spec, train, args.fit, _objective(args), progress, "policy")
-    if fit_info["source"] == "fitted on train" and evaluate(fitted, train).shares[-1] >= 1.0:
+    capable = bool(fit_info.get("capable_only"))
+    if capable:
         print(f"tierguard replay: {NEVER_ACCEPTS}", file=sys.stderr)
-    if fit_info["source"] == "fitted on train":
+    elif fit_info["source"] == "fitted on train":
         fit_info["test_check"] = evaluate(fitted, test).__dict__
+    for w in fit_info.get("warnings", []):
+        print(f"tierguard replay: {w}", file=sys.stderr)
     if ("pre-route-classifier" in names or "allowlist" in names) and not train:
         raise UserError("pre-route-classifier and allowlist need train rows; leave them out of --strategies")
     progress(f"strategies on {len(test)} test rows: {', '.join(names)}")
-    main_eval = evaluate_strategies(fitted, train, test, names, args, progress)
+    main_eval = evaluate_strategies(fitted, train, test, names, args, progress, capable_only=capable)
     report: dict[str, Any] = {
         "tool": "tierguard replay",
         "version": __version__,
@@ -445,9 +581,13 @@ def run(args: argparse.Namespace) -> int:
         "policy": policy_summary(fitted),
         **main_eval,
         "drift": None,
+        "rollout": None,
+        "reliability": reliability_report(spec, fitted, train, test),
     }
     if args.scenario == "drift":
         report["drift"] = run_drift(spec, ds, args, names, progress)
+    if args.scenario == "rollout":
+        report["rollout"] = run_rollout(spec, train, test, args, progress)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -482,7 +622,7 @@ def text_summary(report: dict[str, Any]) -> str:
     eq = report.get("equal_cost")
     if eq:
         lines.append(
-            f"at equal cost: cascade - pre-route = {eq['accuracy_gap'] * 100:+.1f} points overall, "
+            f"{equal_cost_label(eq)}: cascade - pre-route = {eq['accuracy_gap'] * 100:+.1f} points overall, "
             + (
                 f"{eq['long_tail_gap'] * 100:+.1f} on the long tail"
                 if eq["long_tail_gap"] is not None
@@ -501,6 +641,29 @@ def text_summary(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {mo['name']:<28} median requests to fire: {fired:>10}"
                 f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
+            )
+    ro = report.get("rollout")
+    if ro:
+        lines.append(
+            f"rollout on test traffic ({ro['config']['requests_per_interval']} requests per interval):"
+        )
+        for p in ro["policies"]:
+            if p.get("capable_only"):
+                lines.append(f"  {p['policy']}: capable-only, nothing to roll out")
+                continue
+            lines.append(
+                f"  {p['policy']:<34} test gap {p['test_gap'] * 100:+.1f} points: promoted {p['promoted']}/"
+                f"{p['runs']}, rolled back {p['rolled_back']}/{p['runs']}"
+                + (f" at weight {p['rolled_back_at_weights']}%" if p["rolled_back"] else "")
+                + f", median {p['median_requests_to_decision']} requests to the decision"
+            )
+        rs = ro["resplits"]
+        if rs["splits"]:
+            fr = rs["false_rollback_rate"]
+            lines.append(
+                f"  re-splits: {rs['splits']}, capable-only {rs['capable_only']}, good {rs['good']}, "
+                f"false rollbacks {rs['false_rollbacks']}"
+                + (f" ({fr:.1%} +- {rs['standard_error']:.1%})" if fr is not None else "")
             )
     for n in report.get("notes", []):
         lines.append(f"note: {n}")

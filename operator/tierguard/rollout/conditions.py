@@ -9,8 +9,9 @@ Types used by tierguard:
     True while a canary is being analysed and moved through the steps; the reason says what the
     last analysis saw (``StepAdvanced``, ``NoData``, ``TooFewSamples``, ``ProviderError``, ...).
 ``Degraded``
-    True after an automatic rollback (``RolledBack``) or when the progress deadline passed without
-    progress (``ProgressDeadlineExceeded``).
+    True after an automatic rollback (``RolledBack``), an abort (``Aborted``), for an invalid spec
+    (``InvalidSpec``), or when the progress deadline passed without progress
+    (``ProgressDeadlineExceeded``).
 
 The generic kstatus names are mirrored so that tools reading only those (Flux, ``kubectl wait``,
 cli-utils' kstatus) understand the object without custom health checks: ``Reconciling`` mirrors

@@ -698,7 +698,16 @@ def mark_invalid(
     ``message`` (what to fix). Weights and revisions stay as they are; the phase before is kept in
     ``previousPhase`` so :func:`clear_invalid` can restore it."""
     gen = _gen(status, generation)
-    conds = cond.set_conditions(status.conditions, now, gen, Ready=(False, "InvalidSpec", message))
+    # Stalled (mirrored from Degraded), not Reconciling: kstatus (Flux, kubectl wait, cli-utils)
+    # reads the object as Failed until the spec is fixed, not as in progress or healthy
+    conds = cond.set_conditions(
+        status.conditions,
+        now,
+        gen,
+        Ready=(False, "InvalidSpec", message),
+        Progressing=(False, "InvalidSpec", message),
+        Degraded=(True, "InvalidSpec", message),
+    )
     previous = status.previous_phase if status.phase == "Invalid" else status.phase
     return status.model_copy(
         update={
@@ -717,12 +726,15 @@ def clear_invalid(status: PolicyStatus, now: datetime, generation: int | None = 
         return status
     gen = _gen(status, generation)
     phase: Phase = status.previous_phase or "Pending"
-    ready = phase == "Succeeded"
+    msg = "the spec is valid again"
+    stopped = phase in ("RolledBack", "Aborted")  # still needs a new revision or a resume
     conds = cond.set_conditions(
         status.conditions,
         now,
         gen,
-        Ready=(ready, "SpecValid", "the spec is valid again"),
+        Ready=(phase == "Succeeded", "SpecValid", msg),
+        Progressing=(phase not in ("Succeeded", "RolledBack", "Aborted"), "SpecValid", msg),
+        Degraded=(stopped, phase if stopped else "Healthy", msg),
     )
     return status.model_copy(
         update={"phase": phase, "previous_phase": None, "conditions": conds, "observed_generation": gen}

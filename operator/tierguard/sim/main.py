@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -50,6 +51,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of requests answered 200 with a truncated, unusable body",
     )
     parser.add_argument(
+        "--stream-cut-rate",
+        type=float,
+        default=0.0,
+        help="share of streams whose connection is dropped halfway, without [DONE]",
+    )
+    parser.add_argument(
+        "--retry-after-s",
+        type=float,
+        default=0.0,
+        help="injected 429/503 errors carry this Retry-After (seconds; default none)",
+    )
+    parser.add_argument(
         "--hang-seconds", type=float, default=600.0, help="how long a hanging request sleeps before a 504"
     )
     parser.add_argument(
@@ -57,6 +70,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.3,
         help="streaming: share of the latency before the first token (default 0.3)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="require 'Authorization: Bearer $VAR' (a wrong key is refused with 401, quoting it)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault injection (default: random)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -68,6 +87,8 @@ def _faults(args: argparse.Namespace) -> Faults:
         "error_status": args.error_status,
         "timeout_rate": args.timeout_rate,
         "malformed_rate": args.malformed_rate,
+        "stream_cut_rate": args.stream_cut_rate,
+        "retry_after_s": args.retry_after_s,
         "latency_scale": args.latency_scale,
         "extra_latency_ms": args.extra_latency_ms,
         "hang_seconds": args.hang_seconds,
@@ -141,7 +162,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     faults = _faults(args)
     data = load(args.data, args.model)
-    sim = Simulator(data, faults, args.seed)
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UserError(f"--api-key-env: the environment variable {args.api_key_env} is not set")
+    sim = Simulator(data, faults, args.seed, api_key)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop

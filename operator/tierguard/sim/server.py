@@ -51,6 +51,8 @@ class Faults:
     error_status: int = 500
     timeout_rate: float = 0.0
     malformed_rate: float = 0.0  # share of requests answered 200 with a truncated, unusable body
+    stream_cut_rate: float = 0.0  # share of streams whose connection is dropped halfway, without [DONE]
+    retry_after_s: float = 0.0  # when > 0, injected 429/503 errors carry Retry-After (whole seconds)
     latency_scale: float = 1.0
     extra_latency_ms: float = 0.0
     hang_seconds: float = 600.0
@@ -80,10 +82,10 @@ class Faults:
 
 
 def check_faults(values: dict[str, Any]) -> None:
-    for name in ("error_rate", "timeout_rate", "malformed_rate", "ttft_fraction"):
+    for name in ("error_rate", "timeout_rate", "malformed_rate", "stream_cut_rate", "ttft_fraction"):
         if not 0.0 <= values[name] <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {values[name]}")
-    for name in ("latency_scale", "extra_latency_ms"):
+    for name in ("latency_scale", "extra_latency_ms", "retry_after_s"):
         if not (values[name] >= 0.0 and math.isfinite(values[name])):
             raise ValueError(f"{name} must be a finite number >= 0, got {values[name]}")
     if not (values["hang_seconds"] > 0.0 and math.isfinite(values["hang_seconds"])):
@@ -106,12 +108,14 @@ class Stats:
     injected_errors: int = 0
     injected_timeouts: int = 0
     injected_malformed: int = 0
+    injected_stream_cuts: int = 0
     completions_cancelled: int = 0  # the client went away before a non-streamed answer
     streams_completed: int = 0
     streams_cancelled: int = 0  # the client closed the stream before [DONE]
     stream_tokens_sent: int = 0
     cancelled_stream_tokens_sent: int = 0  # tokens written to streams the client then closed
     in_flight: int = 0
+    max_in_flight: int = 0  # the most chat requests open at once since the last reset
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -124,7 +128,7 @@ class Stats:
         in_flight = self.in_flight
         for f in fields(self):
             setattr(self, f.name, {} if f.name == "by_kind" else 0)
-        self.in_flight = in_flight
+        self.in_flight = self.max_in_flight = in_flight
 
 
 # --- request parsing ---------------------------------------------------------------------------
@@ -373,24 +377,31 @@ def error_response(
     return web.json_response(error_body(message, etype, param, code), status=status, dumps=_dumps)
 
 
-def injected_error(status: int) -> web.Response:
+def injected_error(status: int, retry_after_s: float = 0.0) -> web.Response:
     if status == 429:
-        return error_response(
+        resp = error_response(
             429, "Rate limit reached (simulated fault).", "requests", None, "rate_limit_exceeded"
         )
-    if status >= 500:
-        return error_response(
+    elif status >= 500:
+        resp = error_response(
             status, "The server had an error while processing your request (simulated fault).", "server_error"
         )
-    return error_response(status, f"Simulated fault: HTTP {status}.", "invalid_request_error")
+    else:
+        resp = error_response(status, f"Simulated fault: HTTP {status}.", "invalid_request_error")
+    if retry_after_s > 0 and status in (429, 503):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return resp
 
 
 # --- the simulator -----------------------------------------------------------------------------
 
 
 class Simulator:
-    def __init__(self, data: SimData, faults: Faults | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, data: SimData, faults: Faults | None = None, seed: int | None = None, api_key: str | None = None
+    ) -> None:
         self.data = data
+        self.api_key = api_key  # when set, chat requests need "Authorization: Bearer <it>"
         self.model = data.model
         self.model_json = _dumps(data.model)
         self.faults = faults or Faults()
@@ -484,6 +495,7 @@ class Simulator:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             return await self._chat(request)
         finally:
@@ -491,6 +503,16 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
+        if self.api_key is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if given != self.api_key:
+                stats.count("unauthorized")
+                # as OpenAI does, the refusal quotes the key it was given (here in full: the
+                # harshest case for a proxy that must not pass it on)
+                return error_response(
+                    401, f"Incorrect API key provided: {given or '(none)'}.", "invalid_request_error",
+                    None, "invalid_api_key",
+                )  # fmt: skip
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -533,7 +555,7 @@ class Simulator:
         faults = self.faults
         if faults.error_rate > 0.0 and self.rng.random() < faults.error_rate:
             stats.injected_errors += 1
-            return injected_error(faults.error_status)
+            return injected_error(faults.error_status, faults.retry_after_s)
         if faults.malformed_rate > 0.0 and self.rng.random() < faults.malformed_rate:
             stats.injected_malformed += 1
             return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
@@ -548,7 +570,8 @@ class Simulator:
 
         delay_s = (reply.latency_ms * faults.latency_scale + faults.extra_latency_ms) / 1000.0
         if req.stream:
-            return await self._stream(request, req, reply, prompt_tokens, delay_s)
+            cut = faults.stream_cut_rate > 0.0 and self.rng.random() < faults.stream_cut_rate
+            return await self._stream(request, req, reply, prompt_tokens, delay_s, cut=cut)
         if delay_s > 0.0:
             try:
                 await asyncio.sleep(delay_s)
@@ -588,8 +611,17 @@ class Simulator:
         )
 
     async def _stream(
-        self, request: web.Request, req: ChatRequest, reply: Reply, prompt_tokens: int, delay_s: float
+        self,
+        request: web.Request,
+        req: ChatRequest,
+        reply: Reply,
+        prompt_tokens: int,
+        delay_s: float,
+        *,
+        cut: bool = False,
     ) -> web.StreamResponse:
+        """Stream the reply; with ``cut``, drop the connection after half of the tokens (at least
+        one), as a crashed model server or a broken network path would."""
         stats = self.stats
         tokens = reply.tokens
         parts = reply.stream_parts(req.top_logprobs if req.logprobs else None)
@@ -628,6 +660,13 @@ class Simulator:
         try:
             await resp.prepare(request)
             for i in range(n):
+                if cut and i >= max(1, n // 2):
+                    await resp.write("".join(pending).encode("utf-8"))
+                    stats.injected_stream_cuts += 1
+                    stats.stream_tokens_sent += queued
+                    if request.transport is not None:
+                        request.transport.abort()  # no [DONE], no chunked terminator
+                    return resp
                 due = start + first + step * i
                 if due > loop.time():
                     await resp.write("".join(pending).encode("utf-8"))
