@@ -28,10 +28,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import DEFAULT_DATA, BenchError, machine_info, run_main
-from tierguard.calibrate import calibrate
+from tierguard.calibration import calibrate
 from tierguard.cascade import route
+from tierguard.outcomes import load_dataset
 from tierguard.policy import ReviewSpec, load_policy_spec
-from tierguard.replay.data import load_dataset
 from tierguard.review.estimate import SampledItem, estimates
 from tierguard.review.novelty import NoveltyReference
 from tierguard.review.sampling import Sampler
