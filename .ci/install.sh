@@ -25,14 +25,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-# chromium: headless rendering check of the replay HTML report (tests/test_replay_html.py)
+# chromium: headless rendering check of the replay HTML report and the reviewer's page
 # lua5.4: runs the shipped Argo CD health check on real objects (tests/test_gitops_health.py)
+# postgresql: the review store's PostgreSQL tests start their own server (initdb/postgres from
+#   /usr/lib/postgresql/*/bin, as the unprivileged 'postgres' user the package creates)
 # containerd, runc, CNI plugins, iptables, conntrack: the single-node cluster with a kubelet
 #   (tests/infra/node.py); buildah, mmdebstrap, gcc + libc6-dev: its images, built locally from
 #   the Dockerfile with no registry (tests/infra/images.py); iproute2: the node's bridge
 PKGS=(prometheus openssl ca-certificates curl util-linux chromium
       containerd runc containernetworking-plugins iptables conntrack iproute2
-      buildah mmdebstrap gcc libc6-dev lua5.4)
+      buildah mmdebstrap gcc libc6-dev lua5.4 postgresql)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -46,7 +48,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 
   # Keep package maintainer scripts from starting services (Debian's prometheus
   # package would otherwise start a server on :9090 where an init system runs, and
-  # containerd's a host-wide containerd; the tests start their own).
+  # containerd's a host-wide containerd, and postgresql's one on :5432; the tests start their own).
   # Tests never use that service: they start their own Prometheus on a free
   # loopback port. Only add the policy file if none exists, and remove it after.
   policy=/usr/sbin/policy-rc.d

@@ -57,3 +57,28 @@ def prometheus() -> Path:
         return prometheus_binary()
     except MissingBinaryError as err:
         unavailable(str(err))
+
+
+def chromium() -> str:
+    """A headless-capable Chromium binary, or skip (locally) / fail (CI)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    unavailable("no Chromium on PATH (Debian package 'chromium')")
+
+
+def postgres() -> None:
+    """psycopg and the PostgreSQL server binaries, or skip (locally) / fail (CI)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as err:
+        unavailable(f"psycopg is not installed (pip install 'tierguard[postgres]'): {err}")
+    from infra.postgres import MissingPostgres, postgres_bin_dir
+
+    try:
+        postgres_bin_dir()
+    except MissingPostgres as err:
+        unavailable(str(err))

@@ -29,6 +29,7 @@ from tierguard.localenv.services import (
     flag_args,
     start_proxy,
     start_sim,
+    start_tierguard,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,9 +42,24 @@ __all__ = [
     "child_env",
     "flag_args",
     "start_proxy",
+    "start_review",
     "start_sim",
     "write_outcomes",
 ]
+
+
+def start_review(
+    store: str,
+    tokens_path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+    log_dir: str | os.PathLike[str] | None = None,
+    **flags: Any,
+) -> RunningProcess:
+    """``tierguard review serve --store URL --tokens FILE [flags]`` on a free port; waits for /healthz."""
+    command = ["review", "serve", "--store", store, "--tokens", str(tokens_path), *flag_args(flags)]
+    return start_tierguard("review", command, "/healthz", env=env, timeout=timeout, log_dir=log_dir)
 
 
 def write_outcomes(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any] | str]) -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from needs import unavailable
+import needs
 from procs import REPO
-from test_replay_html import _chromium, _png_pixels
+from test_replay_html import _png_pixels
 from tierguard import dashboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
@@ -94,9 +94,7 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
     print(f"dashboard panels with data: {len(panels)}/{len(dashboard.PANELS)}: {panels}")
 
     # the report: offline, and it renders
-    browser = _chromium()
-    if browser is None:
-        unavailable("no Chromium installed (apt-get install -y chromium)")
+    browser = needs.chromium()
     dom = subprocess.run(
         [browser, *chromium_flags(tmp_path), "--dump-dom", html.as_uri()],
         capture_output=True, text=True, timeout=120,

@@ -12,6 +12,19 @@ def test_round_trip():
     assert s.issue("abc123", "mini", 7) != rid  # nonce: ids are unique
 
 
+def test_ids_carry_their_issue_time_and_old_ids_still_verify():
+    s = IdSigner(b"k")
+    assert s.verify(s.issue("r", "t", 3, now=1_800_000_123.7)).issued == 1_800_000_123
+    import base64
+    import hashlib
+    import hmac
+
+    payload = base64.urlsafe_b64encode(b"r|t|3|abcdef").rstrip(b"=").decode()
+    mac = base64.urlsafe_b64encode(hmac.new(b"k", payload.encode(), hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+    old = s.verify(f"chatcmpl-tg1.{payload}.{mac}")
+    assert (old.tier, old.bucket, old.issued) == ("t", 3, None)
+
+
 def test_other_replica_with_same_key_verifies():
     assert IdSigner(b"shared").verify(IdSigner(b"shared").issue("r", "t", 1)).tier == "t"
 

@@ -34,6 +34,12 @@ PURE = [
     "structured.py",
     "toolcalls.py",
     "workload.py",
+    "review/redact.py",
+    "review/novelty.py",
+    "review/sampling.py",
+    "review/estimate.py",
+    "review/tune.py",
+    "review/outcome_events.py",
 ]
 FORBIDDEN = (
     "aiohttp",

@@ -260,6 +260,7 @@ def test_replay_drift_scenario(tmp_path):
     assert names[0] == "aggregate-review"
     assert {"psi:small", "psi:medium"} <= set(names)
     assert any(n.startswith("tier-review:") for n in names) and any(n.startswith("shadow:") for n in names)
+    assert any(n.startswith("stratified-review:") for n in names)
     for m in d["monitors"]:
         assert len(m["delays"]) == 4
         assert all(x is None or 1 <= x <= 20000 for x in m["delays"])
@@ -323,3 +324,36 @@ def test_replay_on_shared_data_mmlu_three_tiers(tmp_path):
     assert report["fit"]["guarantee"]["certified"] is False and report["fit"]["guarantee"]["n"] == 285
     assert by["cascade"]["savings_vs_capable"] == 0.0
     assert by["cascade"]["accuracy"] == by["capable-only"]["accuracy"]
+
+
+def test_stratified_review_spends_the_aggregate_label_budget():
+    """The stratified monitor's expected labels per request on pre-shift traffic equal the
+    aggregate sample's rate, however the weights spread them."""
+    import numpy as np
+    import yaml
+
+    from tierguard.policy import parse_policy_spec
+    from tierguard.replay.monitors import DriftConfig, Scenario
+
+    spec = parse_policy_spec(yaml.safe_load(POLICY)["spec"])
+    spec = spec.model_copy(update={"tiers": [
+        t.model_copy(update={"confidence": t.confidence.model_copy(update={"threshold": 0.6})}) for t in spec.tiers
+    ]})
+    rng = random.Random(4)
+    n_t = len(spec.tiers)
+
+    def rows(k, shift):
+        return [
+            Row(f"q{i}", "b", "test", "c", f"question {i} about topic {i % 7}",
+                    tuple(min(1.0, max(0.0, rng.random() - shift)) for _ in range(n_t)),
+                    tuple(rng.random() < 0.8 - shift for _ in range(n_t)), (1.0,) * n_t, ("A",) * n_t)
+            for i in range(k)
+        ]
+
+    cfg = DriftConfig("a", "b", shift_at=100, horizon=100, review_rate=0.01, null_runs=2, runs=1)
+    scen = Scenario(spec, rows(400, 0.0), rows(400, 0.3), rows(200, 0.0), cfg)
+    strat = [m for m in scen.monitors if m.name.startswith("stratified-review:")]
+    assert strat
+    for m in strat:
+        q = np.minimum(1.0, m.sample_rate * scen.pre.review_weight) * (scen.pre.answered == m.tier)
+        assert float(q.mean()) == pytest.approx(0.01, rel=0.05)

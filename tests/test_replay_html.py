@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from needs import unavailable
+from needs import chromium
 from test_replay import POLICY, make_rows, tierguard, write_jsonl
 
 
@@ -42,14 +42,6 @@ def test_html_is_self_contained(report_dir):
     for name in ("capable-only", "pre-route-classifier", "allowlist", "cascade+shadow", "aggregate-review"):
         assert name in html
     assert "malformed lines skipped" in html
-
-
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 def _png_pixels(data):
@@ -94,9 +86,7 @@ def _png_pixels(data):
 
 @pytest.mark.slow
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        unavailable("no Chromium installed (apt-get install -y chromium)")  # .ci/install.sh installs it
+    browser = chromium()  # .ci/install.sh installs it
     html = report_dir / "report.html"
     flags = [
         "--headless",
@@ -131,9 +121,7 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
 
 
 def test_calibrate_report_renders_in_headless_chromium(tmp_path):
-    browser = _chromium()
-    if browser is None:
-        unavailable("no Chromium installed (apt-get install -y chromium)")
+    browser = chromium()
     data = write_jsonl(tmp_path / "o.jsonl", make_rows(900, seed=4))
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY)

@@ -86,6 +86,20 @@ def test_thumbs_down_shadow_drift_cost() -> None:
     )
 
 
+def test_review_accuracy_and_outcome_rate() -> None:
+    assert signal_query("review_accuracy", CTX) == f"min(min_over_time(tierguard_review_accuracy{{{SEL}}}[2m]))"
+    assert signal_query("outcome_rate", CTX, "human_handoff") == (
+        f'(sum(rate(tierguard_outcome_events_total{{{SEL},event="human_handoff"}}[2m])) or vector(0)) / '
+        f'sum(rate(tierguard_requests_total{{{SEL},status="ok"}}[2m]))'
+    )
+    obj = Objective(name="handoffs", signal="outcome_rate", event="human_handoff", max=0.05)
+    assert 'event="human_handoff"' in objective_query(obj, CTX)
+    with pytest.raises(ValueError, match="needs an event"):
+        Objective(name="handoffs", signal="outcome_rate", max=0.05)
+    with pytest.raises(ValueError, match="only it takes one"):
+        Objective(name="acc", signal="review_accuracy", event="refund", min=0.9)
+
+
 @pytest.mark.parametrize("signal", get_args(Signal))
 def test_every_signal_uses_contract_names_and_labels(signal: Signal) -> None:
     q = signal_query(signal, CTX)
@@ -99,6 +113,8 @@ def test_every_signal_uses_contract_names_and_labels(signal: Signal) -> None:
         m.CONFIDENCE_PSI,
         m.COST_USD + "_total",
         m.REQUESTS + "_total",
+        m.REVIEW_ACCURACY,
+        m.OUTCOME_EVENTS + "_total",
     }
     assert any(n + "{" in q for n in names)
     assert 'policy="checkout"' in q and 'namespace="shop"' in q and 'revision="abc123"' in q

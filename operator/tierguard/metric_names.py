@@ -51,3 +51,16 @@ CONFIDENCE_PSI = f"{PREFIX}_confidence_psi"  # gauge; labels: policy, revision, 
 
 CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# review sampling and outcome events (docs/review.md)
+REVIEW_SAMPLED = f"{PREFIX}_review_sampled"  # counter; labels: policy, revision, tier, band
+REVIEW_DROPPED = f"{PREFIX}_review_dropped"  # counter; labels: policy, reason(queue_full|store_error)
+REVIEW_CAPPED = f"{PREFIX}_review_capped"  # counter (hard quota cap); labels: policy, revision, tier, band
+# gauges exported by `tierguard review` from the labels in the store
+REVIEW_ACCURACY = f"{PREFIX}_review_accuracy"  # inclusion-weighted; labels: policy, revision, tier
+REVIEW_ACCURACY_LOW = f"{PREFIX}_review_accuracy_lower"  # lower confidence bound; same labels
+REVIEW_LABELS = f"{PREFIX}_review_labels"  # gauge: labels (correct+incorrect); same labels
+# counters exported by the proxy that accepted the event; labels: policy, revision, tier, event
+OUTCOME_EVENTS = f"{PREFIX}_outcome_events"
+OUTCOME_VALUE = f"{PREFIX}_outcome_value"  # counter: sum of the events' values; same labels
+OUTCOME_REJECTED = f"{PREFIX}_outcome_rejected"  # counter; labels: policy, reason

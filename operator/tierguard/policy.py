@@ -302,6 +302,110 @@ class SecretMount(Model):
     )
 
 
+class ReviewSpec(Model):
+    """Stratified review sampling of answers (docs/review.md): what is sampled, how often, where it
+    is stored."""
+
+    rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Base probability that an answer is sampled for review, before the band and "
+        "novelty weights (capped at 1).",
+    )
+    band_edges: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.95],
+        max_length=9,
+        description="Calibrated-confidence edges of the strata's confidence bands (increasing).",
+    )
+    band_weights: list[Annotated[float, Field(gt=0.0, le=1000.0)]] = Field(
+        default_factory=lambda: [8.0, 4.0, 2.0, 1.0],
+        max_length=10,
+        description="Oversampling weight per band, lowest confidence first (one more than bandEdges).",
+    )
+    novelty_reference: str | None = Field(
+        default=None,
+        description="Path of a novelty reference built from the calibration prompts "
+        "(`tierguard review novelty-reference`); without one every query has novelty 0.",
+    )
+    novelty_boost: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=1000.0,
+        description="Oversampling weight of a query with novelty 1 (rises linearly from 1 at novelty 0.5).",
+    )
+    quota_per_hour: int = Field(
+        default=60,
+        ge=1,
+        le=1_000_000,
+        description="Expected sampled items per stratum and hour at most (hard cap: twice this).",
+    )
+    redact: bool = Field(
+        default=True, description="Replace e-mail addresses, phone and card numbers before storing."
+    )
+    store: str = Field(
+        default="sqlite:review.db",
+        min_length=1,
+        description="sqlite:PATH (one file, WAL) or a postgresql:// URL (several replicas; the "
+        "password from PGPASSWORD or PGPASSFILE, e.g. through spec.proxy.env).",
+    )
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="Items waiting for the writer.")
+    retention_days: float = Field(
+        default=30.0, gt=0.0, description="Stored items and events are kept this long."
+    )
+
+    @model_validator(mode="after")
+    def _bands(self) -> ReviewSpec:
+        edges = self.band_edges
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError(f"bandEdges must be strictly increasing, got {edges}")
+        if len(self.band_weights) != len(edges) + 1:
+            raise ValueError(
+                f"bandWeights needs {len(edges) + 1} values (one per band), got {len(self.band_weights)}"
+            )
+        if not (self.store.startswith("sqlite:") or self.store.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("store must be sqlite:PATH or a postgresql:// URL")
+        return self
+
+
+class OutcomeEventSpec(Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="Event name, e.g. refund.")
+    min: float = Field(default=0.0, description="Smallest accepted value.")
+    max: float = Field(default=1.0, description="Largest accepted value.")
+
+
+def default_outcome_events() -> list[OutcomeEventSpec]:
+    return [
+        OutcomeEventSpec(name="thumbs", min=0, max=1),
+        OutcomeEventSpec(name="rating", min=1, max=5),
+        OutcomeEventSpec(name="human_handoff", min=0, max=1),
+        OutcomeEventSpec(name="refund", min=0, max=1e9),
+    ]
+
+
+class OutcomeSpec(Model):
+    """Outcome events joined to routing decisions (POST /v1/outcomes, docs/review.md)."""
+
+    events: list[OutcomeEventSpec] = Field(
+        default_factory=default_outcome_events,
+        max_length=100,
+        description="The event names accepted and their value ranges.",
+    )
+    max_age: str = Field(
+        default="168h",
+        pattern=r"^\d+(ms|s|m|h)$",
+        description="Outcome events for a response id older than this are rejected.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, events: list[OutcomeEventSpec]) -> list[OutcomeEventSpec]:
+        names = [e.name for e in events]
+        if len(set(names)) != len(names):
+            raise ValueError(f"event names must be unique, got {names}")
+        return events
+
+
 class ProxyBehaviour(Model):
     """How the proxy treats requests: the settings a CascadePolicy's ``spec.proxy`` and a
     ProxyConfig's ``settings`` share (:meth:`ProxySettings.from_deployment` carries them over)."""
@@ -328,6 +432,10 @@ class ProxyBehaviour(Model):
         default=3600.0, gt=0.0, le=7 * 86400.0, description="A conversation idle this long is forgotten."
     )
     log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
+    review: ReviewSpec | None = Field(default=None, description="Review sampling; off when omitted.")
+    outcomes: OutcomeSpec | None = Field(
+        default=None, description="Outcome events (POST /v1/outcomes); the defaults when omitted."
+    )
 
 
 class ProxyDeployment(ProxyBehaviour):
@@ -384,6 +492,8 @@ Signal = Literal[
     "shadow_disagreement",
     "confidence_drift",
     "cost_per_request",
+    "review_accuracy",
+    "outcome_rate",
 ]
 
 
@@ -391,6 +501,11 @@ class Objective(Model):
     name: str = Field(pattern=DNS_LABEL)
     tier: str | None = Field(default=None, description="A tier name; omitted for every tier.")
     signal: Signal | None = None
+    event: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="The outcome event of signal outcome_rate (e.g. human_handoff).",
+    )
     query: str | None = Field(
         default=None,
         description="Custom PromQL with {{policy}}, {{namespace}}, {{revision}}, {{tier}}, {{interval}}.",
@@ -407,6 +522,8 @@ class Objective(Model):
             raise ValueError("set exactly one of signal or query")
         if self.max is None and self.min is None and self.max_increase_over_stable is None:
             raise ValueError("set a bound: max, min or maxIncreaseOverStable")
+        if (self.signal == "outcome_rate") != (self.event is not None):
+            raise ValueError("signal outcome_rate needs an event, and only it takes one")
         return self
 
 

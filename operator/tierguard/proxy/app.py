@@ -17,6 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..policy import ProxyConfig
+from ..review.outcome_events import Decided, IdRejected
+from ..review.plugin import ReviewPlugin
 from .conversations import ConversationAffinity, conversation_key
 from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
@@ -28,6 +30,7 @@ from .observers import AffinityObserver, DecisionLogObserver, DriftObserver, Met
 from .outcome import Outcome
 from .recorder import Decision, Recorder
 from .requests import BadRequest, parse_feedback, read_chat_request, read_json
+from .review_observer import ReviewObserver
 from .runtime import Runtime
 from .shadow import ShadowScorer
 
@@ -58,6 +61,13 @@ class ProxyApp:
                 AffinityObserver(self.affinity),
             ]
         )
+        self.review = ReviewPlugin(
+            self.metrics.registry,
+            lambda: self.metrics.policy,
+            self._verify_id,
+            lambda e: self.decision_log.write(e),
+        )
+        self.recorder.add(ReviewObserver(self.review))
         self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
@@ -70,6 +80,7 @@ class ProxyApp:
         self.app.router.add_post("/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/feedback", self.feedback)
+        self.app.router.add_post("/v1/outcomes", self.review.outcomes.handle)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics_endpoint)
@@ -100,6 +111,7 @@ class ProxyApp:
     async def _cleanup(self, _app: web.Application) -> None:
         self._flusher.cancel()
         await self.shadow.close()
+        await asyncio.to_thread(self.review.close)
         if self.session is not None:
             await self.session.close()
         self.decision_log.close()
@@ -116,6 +128,7 @@ class ProxyApp:
         old = self.runtime.config.settings if self.runtime is not None else None
         new = config.settings
         signer = self.signer
+        novelty = self.review.load_novelty(new.review)  # before anything changes: may raise
         if old is not None and new.feedback_key != old.feedback_key:
             key, source = load_key(new.feedback_key)
             signer = IdSigner(key, previous_key=self.signer.key)
@@ -135,12 +148,20 @@ class ProxyApp:
         self.signer = signer
         self.affinity.configure(config.settings)
         self.runtime = rt
+        self.review.apply(new, novelty)
         self.drift.retain(r.name for r in rt.revisions())
         self.metrics.policy = config.policy
         self.metrics.set_config(
             rt.config_hash, rt.stable.name, rt.canary.name if rt.canary else None, rt.weight
         )
         return rt
+
+    def _verify_id(self, response_id: object) -> Decided:
+        """A response id this policy's proxies signed (for outcome events)."""
+        try:
+            return self.signer.verify(response_id)
+        except InvalidId as err:
+            raise IdRejected(err.reason) from None
 
     # --- simple endpoints ----------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Signed response ids: the routing decision travels with the answer, so feedback on any
 replica joins it without a shared store.
 
-``chatcmpl-tg1.<payload>.<mac>``: payload is base64url("revision|tier|bucket|nonce"), mac the
-first 16 bytes of HMAC-SHA256(key, payload) in base64url.
+``chatcmpl-tg1.<payload>.<mac>``: payload is base64url("revision|tier|bucket|issued|nonce")
+(``issued``: the Unix second the id was issued, so an outcome arriving later can be checked against
+a maximum age), mac the first 16 bytes of HMAC-SHA256(key, payload) in base64url. Ids issued before
+the time was added ("revision|tier|bucket|nonce") still verify, with ``issued`` None.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hmac
 import os
 import re
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ class Decision:
     revision: str
     tier: str
     bucket: int
+    issued: float | None = None  # Unix time the id was issued (None: an id from before it was recorded)
 
 
 def _b64(data: bytes) -> str:
@@ -107,8 +111,9 @@ class IdSigner:
             mac.encode(), self._mac(payload, self._previous).encode()
         )
 
-    def issue(self, revision: str, tier: str, bucket: int) -> str:
-        payload = _b64(f"{revision}|{tier}|{bucket}|{secrets.token_hex(6)}".encode())
+    def issue(self, revision: str, tier: str, bucket: int, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        payload = _b64(f"{revision}|{tier}|{bucket}|{issued}|{secrets.token_hex(6)}".encode())
         return f"{PREFIX}{payload}.{self._mac(payload)}"
 
     def verify(self, response_id: object) -> Decision:
@@ -121,7 +126,11 @@ class IdSigner:
         if not self._valid(payload, mac):
             raise InvalidId("bad_signature")
         try:
-            revision, tier, bucket, _nonce = _unb64(payload).decode().split("|")
-            return Decision(revision, tier, int(bucket))
+            parts = _unb64(payload).decode().split("|")
+            if len(parts) == 4:
+                revision, tier, bucket, _nonce = parts
+                return Decision(revision, tier, int(bucket))
+            revision, tier, bucket, issued, _nonce = parts
+            return Decision(revision, tier, int(bucket), float(int(issued)))
         except (ValueError, UnicodeDecodeError):
             raise InvalidId("malformed") from None

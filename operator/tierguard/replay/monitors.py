@@ -8,6 +8,10 @@ all of it. Monitors watching the cascade:
   event is "the answer was wrong".
 - ``tier-review:<tier>``: the same label budget (0.5% of requests) spent on the answers accepted at
   the cheaper tiers only, tracked per tier.
+- ``stratified-review:<tier>``: the same label budget again, spent as the proxy's review sampler
+  spends it (:mod:`tierguard.review.sampling`): on the tier's accepted answers, oversampling low
+  calibrated confidence (the default band weights) and novel prompts (novelty against the
+  calibration prompts, :mod:`tierguard.review.novelty`).
 - ``shadow:<tier>``: the last tier re-answers a sample of a cheaper tier's accepted answers; the
   event is "the two recorded answers differ" (no human label needed).
 - ``psi:<tier>``: PSI of the tier's raw confidences (last ``window`` answers, every ``step``)
@@ -37,7 +41,9 @@ from ..answers import answers_agree
 from ..cascade import route
 from ..drift import CONFIDENCE_EDGES, DEFAULT_EPS, BernoulliCUSUM, histogram, rate_shift, upper_quantile
 from ..outcomes import Row
-from ..policy import CascadeSpec
+from ..policy import CascadeSpec, ReviewSpec
+from ..review.novelty import NoveltyReference
+from ..review.sampling import band_of, novelty_weight
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,24 @@ def _np() -> Any:
 class Population:
     """Per-row arrays of what the cascade did on one benchmark's rows."""
 
-    def __init__(self, spec: CascadeSpec, rows: Sequence[Row]) -> None:
+    def __init__(
+        self, spec: CascadeSpec, rows: Sequence[Row], novelty: NoveltyReference | None = None
+    ) -> None:
         np = _np()
         n_t = len(spec.tiers)
         self.n = len(rows)
         last = n_t - 1
-        answered = np.array([route(spec, r.raw).answered_by for r in rows])
+        routes = [route(spec, r.raw) for r in rows]
+        answered = np.array([rt.answered_by for rt in routes])
+        # the stratified review weight of each answer (default bands and weights, novelty boost)
+        review = ReviewSpec()
+        weights = []
+        for r, rt in zip(rows, routes, strict=True):
+            band = band_of(rt.judgements[-1].confidence, review.band_edges)
+            w = review.band_weights[0 if band is None else band]
+            nov = novelty.novelty(r.prompt) if novelty is not None else 0.0
+            weights.append(w * novelty_weight(nov, review.novelty_boost))
+        self.review_weight = np.array(weights, dtype=float)
         self.answered = answered
         self.final_correct = np.array([r.correct[t] for r, t in zip(rows, answered, strict=True)], dtype=bool)
         self.tier_correct = np.array([[r.correct[t] for t in range(n_t)] for r in rows], dtype=bool).reshape(
@@ -140,8 +158,10 @@ class Scenario:
         self.spec = spec
         self.cfg = cfg
         self.names = [t.name for t in spec.tiers]
-        self.pre = Population(spec, pre)
-        self.post = Population(spec, post)
+        novelty = NoveltyReference.build(r.prompt for r in reference) if reference else None
+        self.review_rng = _np().random.default_rng(cfg.seed + 1000)
+        self.pre = Population(spec, pre, novelty)
+        self.post = Population(spec, post, novelty)
         np = _np()
         last = len(spec.tiers) - 1
         self.last = last
@@ -174,6 +194,16 @@ class Scenario:
                     self.tier_review_rate,
                 )
             )
+            # stratified: P(sample) = c * weight on the tier's answers, c set so that the expected
+            # labels per request equal the aggregate sample's (on pre-shift traffic)
+            w = np.where(acc, p.review_weight, 0.0)
+            c = cfg.review_rate / float(w.mean()) if w.mean() > 0 else 0.0
+            s0 = max(1e-3, float((w * ~p.tier_correct[:, t]).sum() / w.sum()))
+            self.monitors.append(
+                MonitorSpec(
+                    f"stratified-review:{self.names[t]}", "cusum", t, s0, rate_shift(s0, cfg.delta), c
+                )
+            )
             d0 = max(1e-3, float(p.disagree[acc, t].mean()))
             self.monitors.append(
                 MonitorSpec(
@@ -201,7 +231,11 @@ class Scenario:
             "tier_correct": cat("tier_correct"),
             "disagree": cat("disagree"),
             "raw": cat("raw"),
+            "review_weight": cat("review_weight"),
             "u": rng.random((n, 3)),  # independent sampling draws: review, tier review, shadow
+            # the stratified review's draws from a generator of their own, so the other monitors'
+            # streams are the same as without it
+            "u_review": self.review_rng.random(n),
             "n": n,
         }
 
@@ -223,6 +257,10 @@ class Scenario:
             events = ~s["final_correct"][mask]
         elif m.name.startswith("tier-review"):
             mask = (s["answered"] == m.tier) & (s["u"][:, 1] < m.sample_rate)
+            events = ~s["tier_correct"][mask, m.tier]
+        elif m.name.startswith("stratified-review"):
+            q = np.minimum(1.0, m.sample_rate * s["review_weight"])
+            mask = (s["answered"] == m.tier) & (s["u_review"] < q)
             events = ~s["tier_correct"][mask, m.tier]
         else:
             mask = (s["answered"] == m.tier) & (s["u"][:, 2] < m.sample_rate)

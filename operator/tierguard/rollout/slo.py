@@ -128,8 +128,9 @@ def _ratio(numerator: str, denominator: str) -> str:
     return f"({numerator} or vector(0)) / {denominator}"
 
 
-def signal_query(signal: Signal, ctx: QueryContext) -> str:
-    """PromQL for a built-in signal of one revision (and tier, unless ``ctx.tier`` is None)."""
+def signal_query(signal: Signal, ctx: QueryContext, event: str | None = None) -> str:
+    """PromQL for a built-in signal of one revision (and tier, unless ``ctx.tier`` is None);
+    ``event`` names the outcome event of ``outcome_rate`` (None: every event)."""
     w = ctx.interval
     if signal == "escalation_rate":
         return _ratio(_rate(f"{m.ESCALATIONS}_total", ctx), _rate(f"{m.TIER_REQUESTS}_total", ctx))
@@ -149,13 +150,24 @@ def signal_query(signal: Signal, ctx: QueryContext) -> str:
     if signal == "cost_per_request":
         # a tier's cost (or the whole revision's) per request answered by the revision
         return _ratio(_rate(f"{m.COST_USD}_total", ctx), _rate(f"{m.REQUESTS}_total", ctx, tier=False))
+    if signal == "review_accuracy":
+        # exported by `tierguard review serve` from the labelled review sample (inclusion-weighted)
+        return f"min(min_over_time({m.REVIEW_ACCURACY}{selector(ctx)}[{w}]))"
+    if signal == "outcome_rate":
+        # outcome events (by arrival) per request the tier answered
+        events = (
+            _rate(f"{m.OUTCOME_EVENTS}_total", ctx)
+            if event is None
+            else _rate(f"{m.OUTCOME_EVENTS}_total", ctx, event=event)
+        )
+        return _ratio(events, _rate(f"{m.REQUESTS}_total", ctx, status="ok"))
     raise ValueError(f"unknown signal {signal!r}")
 
 
 def objective_query(obj: Objective, ctx: QueryContext) -> str:
     """PromQL for one objective in ``ctx``; raises :class:`TemplateError` for a bad template."""
     if obj.signal is not None:
-        return signal_query(obj.signal, ctx)
+        return signal_query(obj.signal, ctx, obj.event)
     assert obj.query is not None
     return render_template(obj.query, ctx.values())
 

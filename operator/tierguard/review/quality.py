@@ -1,0 +1,77 @@
+"""Per-tier quality from the review store: the estimates the page shows and ``/metrics`` exports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import metric_names as m
+from .estimate import Estimate, SampledItem, estimates
+from .store import Store
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    confidence: float = 0.95
+    cost_per_wrong: float = 0.0
+    cost_per_handoff: float = 0.0
+    handoff_event: str = "human_handoff"
+
+
+def policy_quality(store: Store, settings: QualitySettings) -> dict[str, list[Estimate]]:
+    """Estimates per policy in the store."""
+    by_policy: dict[str, list[SampledItem]] = {}
+    for row in store.items(limit=1_000_000):
+        it = row.item
+        by_policy.setdefault(it.policy, []).append(
+            SampledItem(it.revision, it.tier, it.probability, row.label, it.counterfactual_usd - it.cost_usd)
+        )
+    handoffs: dict[str, dict[tuple[str, str], int]] = {}
+    for ev in store.events():
+        if ev.name == settings.handoff_event and ev.value > 0:
+            h = handoffs.setdefault(ev.policy, {})
+            h[(ev.revision, ev.tier)] = h.get((ev.revision, ev.tier), 0) + 1
+    return {
+        policy: estimates(
+            items,
+            confidence=settings.confidence,
+            handoffs=handoffs.get(policy),
+            cost_per_wrong=settings.cost_per_wrong,
+            cost_per_handoff=settings.cost_per_handoff,
+        )
+        for policy, items in by_policy.items()
+    }
+
+
+class QualityCollector(Collector):
+    """Exports the estimates at scrape time: ``tierguard_review_accuracy`` (and its lower bound,
+    and the number of labels) per policy, revision and tier; the revision's aggregate has
+    ``tier="*"``. A group without labels exports nothing (no data, not a made-up number)."""
+
+    def __init__(self, store: Store, settings: QualitySettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["policy", "revision", "tier"]
+        acc = GaugeMetricFamily(
+            m.REVIEW_ACCURACY, "Inclusion-weighted accuracy from review labels", labels=labels
+        )
+        low = GaugeMetricFamily(
+            m.REVIEW_ACCURACY_LOW, "Lower bound of the accuracy's confidence interval", labels=labels
+        )
+        n = GaugeMetricFamily(m.REVIEW_LABELS, "Review labels (correct or incorrect)", labels=labels)
+        for policy, ests in policy_quality(self.store, self.settings).items():
+            for e in ests:
+                if e.accuracy is None or e.lo is None:
+                    continue
+                key = [policy, e.revision, e.tier]
+                acc.add_metric(key, e.accuracy)
+                low.add_metric(key, e.lo)
+                n.add_metric(key, e.labels)
+        yield acc
+        yield low
+        yield n
