@@ -93,3 +93,27 @@ def test_grafana_dashboard_config_map_for_the_sidecar(helm: Any) -> None:
     assert not by_kind(
         render(helm, "prometheus.url=http://p:9090", "grafana.dashboard.enabled=false"), "ConfigMap"
     )
+
+
+def _undeclared(values: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Keys of values.yaml that a closed object of the schema does not declare."""
+    if not isinstance(values, dict) or schema.get("type") != "object":
+        return []
+    props = schema.get("properties", {})
+    out = []
+    for key, value in values.items():
+        if key not in props:
+            if schema.get("additionalProperties") is False:
+                out.append(f"{path}{key}")
+            continue
+        out += _undeclared(value, props[key], f"{path}{key}.")
+    return out
+
+
+def test_every_default_value_is_declared_in_the_schema() -> None:
+    """A value added to values.yaml without the schema would make every install fail."""
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert _undeclared(values, schema) == [], "declare them in charts/tierguard/values.schema.json"

@@ -37,7 +37,7 @@ from .story import NAMESPACE, POLICY
 from .timeline import Check, Decision, PanelResult, Snapshot, TierQuality, Timeline
 from .traffic import ConfigSync, Load, StatusLog, get_or_none
 
-CHAPTER_TIMEOUT = 100.0  # seconds a version may take to promote or roll back
+CHAPTER_TIMEOUT = 240.0  # seconds a version may take to promote or roll back (a loaded machine is slow)
 QUALITY_WINDOW = 15.0  # seconds of traffic behind the live quality numbers
 GROUP = "/apis/tierguard.io/v1alpha1"
 # confidence drift (PSI) over short windows, so a demo-length run exports it (docs/drift.md)
