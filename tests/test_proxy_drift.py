@@ -296,7 +296,7 @@ def calibrated(tmp_path_factory):
         out = d / "calibrated.yaml"
         proc = tierguard(
             "calibrate", "--data", data, "--policy", src, "--split", "train", "--out", out,
-            "--max-accuracy-drop", "0.05", "--confidence", "0",
+            "--max-accuracy-drop", "0.05",
         )  # fmt: skip
         traffic = {s: [user(r["user_prompt"]) for r in rows if r["split"] == s] for s in ("test", "shift")}
         yield out, proc.stdout, traffic
