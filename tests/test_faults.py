@@ -163,3 +163,17 @@ def test_sigterm_drains_requests_in_flight_including_streams(sims: Any, tmp_path
             post(p, chat("easy question"))
     finally:
         p.stop()
+
+
+def test_a_client_gone_before_its_stream_starts_is_no_error(sims: Any, tmp_path: Path) -> None:
+    """Found by the sustained-load benchmark: a client that timed out while the cheap tier was
+    still being buffered made the proxy log a traceback when it began the stream."""
+    set_faults(sims["cheap"], extra_latency_ms=1500)
+    with start_proxy(write_policy(tmp_path / "p.yaml", cascade(sims))) as p:
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                stream_events(p, chat("easy question", stream=True), timeout=0.5)
+        time.sleep(2.5)  # the cheap answers arrive, the proxy starts writing to closed connections
+        status, events = stream_events(p, chat("medium question", stream=True))
+        assert status == 200 and events[-1] == "[DONE]"
+        assert "Traceback" not in p.log_text(), p.log_text()[-2000:]

@@ -236,6 +236,11 @@ class ProxyApp:
             )
             try:
                 return await escalate(outcome, body, delivery)
+            except ConnectionResetError:
+                # The client left while its answer was being written (aiohttp's
+                # ClientConnectionResetError): nobody to answer; the upstream stream is closed.
+                log.debug("client went away before its answer was written")
+                return web.Response(status=499)
             finally:
                 latency = time.perf_counter() - start
                 self.recorder.record(Decision.of(self.metrics.policy, rt, body, outcome, latency))
