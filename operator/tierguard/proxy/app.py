@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..policy import ProxyConfig
+from .auth import authorized, load_client_keys
 from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
 from .drift_monitor import DriftMonitor, DriftSettings
@@ -60,7 +62,10 @@ class ProxyApp:
         self._initial = config
         self.runtime: Runtime | None = None
         self.config_error: str | None = None  # the last rejected reload, until a good one applies
-        self.app = web.Application(client_max_size=config.settings.max_body_bytes)
+        self.client_keys: tuple[bytes, ...] | None = None
+        self.app = web.Application(
+            client_max_size=config.settings.max_body_bytes, middlewares=[self._authenticate]
+        )
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
@@ -70,6 +75,24 @@ class ProxyApp:
         self.app.router.add_get("/metrics", self.metrics_endpoint)
         self.app.on_startup.append(self._startup)
         self.app.on_cleanup.append(self._cleanup)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        keys = self.client_keys
+        if (
+            keys is not None
+            and request.path.startswith("/v1/")
+            and not authorized(request.headers.get("Authorization"), keys)
+        ):
+            self.metrics.bad_requests.labels(self.metrics.policy, "unauthorized").inc()
+            return error_response(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                etype="invalid_request_error",
+                code="invalid_api_key",
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @property
     def decision_log(self) -> DecisionLog:
@@ -113,6 +136,7 @@ class ProxyApp:
             log.info(
                 "feedback key rotated (now from %s); ids signed with the previous key still verify", source
             )
+        client_keys = load_client_keys(new.client_keys)
         rt = Runtime(config, self.session, previous=self.runtime)
         if old is not None and new.decision_log != old.decision_log and not self.decision_log_fixed:
             previous_log = self.decision_log
@@ -124,6 +148,7 @@ class ProxyApp:
             log.warning("settings.maxBodyBytes changed: takes effect at the next restart")
             self.metrics.reloads.labels(config.policy, "restart_required").inc()
         self.signer = signer
+        self.client_keys = client_keys
         self.runtime = rt
         self.drift.retain(r.name for r in rt.revisions())
         self.metrics.policy = config.policy
