@@ -62,6 +62,7 @@ class Phase:
     samples: list[Sample] = field(default_factory=list)
     feedback: list[int] = field(default_factory=list)  # statuses
     transport_errors: int = 0
+    transport_kinds: dict[str, int] = field(default_factory=dict)  # exception class -> count
     late: int = 0  # arrivals that found every in-flight slot taken (open loop kept up?)
 
 
@@ -120,8 +121,10 @@ class Load:
             async with session.post(f"{self.base}/v1/chat/completions", json=body) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as err:
             phase.transport_errors += 1
+            kind = type(err).__name__
+            phase.transport_kinds[kind] = phase.transport_kinds.get(kind, 0) + 1
             return
         end = time.perf_counter()
         error_type = ""
@@ -325,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for p in reversed(procs):
             p.stop()
-    per_minute = minutes(phase, args.duration, rss)
+    # an overloaded machine falls behind the arrival schedule: the run then lasts longer than
+    # --duration (every scheduled request is still sent); report over the real wall time
+    wall = max([args.duration, *(x.t for x in phase.samples)])
+    per_minute = minutes(phase, wall, rss)
     base_rss = next((kib for t, kib in rss if t >= args.warmup), rss[0][1] if rss else 0)
     end_rss = rss[-1][1] if rss else 0
     peak_rss = max((kib for _, kib in rss), default=0)
@@ -347,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         "saturation_5xx": sum(1 for x in sat_phase.samples if x.status >= 500),
         "offered_rps": rate,
         "duration_s": args.duration,
+        "wall_s": wall,
         "requests": len(phase.samples),
-        "achieved_rps": len(phase.samples) / args.duration,
+        "achieved_rps": len(phase.samples) / wall,
         "statuses": statuses,
         "status_5xx": sum(1 for x in phase.samples if x.status >= 500),
         "transport_errors": phase.transport_errors,
+        "transport_error_kinds": phase.transport_kinds,
         "late_arrivals": phase.late,
         "feedback": {str(s): phase.feedback.count(s) for s in sorted(set(phase.feedback))},
         "streams": sum(1 for x in phase.samples if x.stream),

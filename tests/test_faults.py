@@ -163,3 +163,57 @@ def test_sigterm_drains_requests_in_flight_including_streams(sims: Any, tmp_path
             post(p, chat("easy question"))
     finally:
         p.stop()
+
+
+def test_a_client_gone_before_its_stream_starts_is_no_error(sims: Any, tmp_path: Path) -> None:
+    """Found by the sustained-load benchmark: a client that timed out while the cheap tier was
+    still being buffered made the proxy log a traceback when it began the stream."""
+    set_faults(sims["cheap"], extra_latency_ms=1500)
+    with start_proxy(write_policy(tmp_path / "p.yaml", cascade(sims))) as p:
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                stream_events(p, chat("easy question", stream=True), timeout=0.5)
+        time.sleep(2.5)  # the cheap answers arrive, the proxy starts writing to closed connections
+        status, events = stream_events(p, chat("medium question", stream=True))
+        assert status == 200 and events[-1] == "[DONE]"
+        assert "Traceback" not in p.log_text(), p.log_text()[-2000:]
+
+
+def test_client_keys_guard_the_openai_endpoints_only(sims: Any, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("key-one\nkey-two\n")
+    spec = {**cascade(sims), "proxy": {"clientKeys": {"file": str(keys)}}}
+    policy = write_policy(tmp_path / "p.yaml", spec)
+    with start_proxy(policy, reload_interval=0.2) as p:
+        url = f"{p.url}/chat/completions"
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "key-one"}):
+            r = httpx.post(url, json=chat("easy question"), headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+            assert (
+                httpx.post(f"{p.url}/feedback", json={"id": "x", "rating": "up"}, headers=headers).status_code
+                == 401
+            )
+        for key in ("key-one", "key-two"):
+            r = httpx.post(url, json=chat("easy question"), headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):  # probes and Prometheus stay open
+            assert httpx.get(f"{p.base}{path}").status_code == 200
+        assert metric(p, "tierguard_bad_requests_total", reason="unauthorized") == 6
+        # rotation through a reload: key-one retired, key-three added
+        keys.write_text("key-two\nkey-three\n")
+        write_policy(policy, {**spec, "proxy": {"clientKeys": {"file": str(keys)}, "shadowRate": 0.0}})
+        deadline = time.monotonic() + 10
+        while (
+            httpx.post(
+                url, json=chat("easy question"), headers={"Authorization": "Bearer key-three"}
+            ).status_code
+            != 200
+        ):
+            assert time.monotonic() < deadline, "the new key was never accepted"
+            time.sleep(0.2)
+        assert (
+            httpx.post(
+                url, json=chat("easy question"), headers={"Authorization": "Bearer key-one"}
+            ).status_code
+            == 401
+        )

@@ -411,6 +411,11 @@ class ProxyBehaviour(Model):
     ProxyConfig's ``settings`` share (:meth:`ProxySettings.from_deployment` carries them over)."""
 
     feedback_key: SecretSource | None = Field(default=None, description="HMAC key for signed response ids.")
+    client_keys: SecretSource | None = Field(
+        default=None,
+        description="Bearer keys clients must present on /v1/* (one per line); omitted: no client "
+        "authentication.",
+    )
     shadow_rate: float = Field(
         default=0.0,
         ge=0.0,

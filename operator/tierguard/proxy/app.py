@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..policy import ProxyConfig
 from ..review.outcome_events import Decided, IdRejected
 from ..review.plugin import ReviewPlugin
+from .auth import authorized, load_client_keys
 from .conversations import ConversationAffinity, conversation_key
 from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
@@ -75,7 +77,10 @@ class ProxyApp:
         self.config_error: str | None = None  # the last rejected reload, until a good one applies
         # set on SIGTERM with a drain period: not ready, and every response closes its connection
         self.draining = False
-        self.app = web.Application(client_max_size=config.settings.max_body_bytes)
+        self.client_keys: tuple[bytes, ...] | None = None
+        self.app = web.Application(
+            client_max_size=config.settings.max_body_bytes, middlewares=[self._authenticate]
+        )
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
@@ -90,6 +95,24 @@ class ProxyApp:
 
     def _affinity_size(self, size: int) -> None:
         self.metrics.affinity_conversations.labels(self.metrics.policy).set(size)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        keys = self.client_keys
+        if (
+            keys is not None
+            and request.path.startswith("/v1/")
+            and not authorized(request.headers.get("Authorization"), keys)
+        ):
+            self.metrics.bad_requests.labels(self.metrics.policy, "unauthorized").inc()
+            return error_response(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                etype="invalid_request_error",
+                code="invalid_api_key",
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @property
     def decision_log(self) -> DecisionLog:
@@ -135,6 +158,7 @@ class ProxyApp:
             log.info(
                 "feedback key rotated (now from %s); ids signed with the previous key still verify", source
             )
+        client_keys = load_client_keys(new.client_keys)
         rt = Runtime(config, self.session, previous=self.runtime)
         if old is not None and new.decision_log != old.decision_log and not self.decision_log_fixed:
             previous_log = self.decision_log
@@ -147,6 +171,7 @@ class ProxyApp:
             self.metrics.reloads.labels(config.policy, "restart_required").inc()
         self.signer = signer
         self.affinity.configure(config.settings)
+        self.client_keys = client_keys
         self.runtime = rt
         self.review.apply(new, novelty)
         self.drift.retain(r.name for r in rt.revisions())
@@ -280,6 +305,11 @@ class ProxyApp:
             )
             try:
                 return await escalate(outcome, body, delivery)
+            except ConnectionResetError:
+                # The client left while its answer was being written (aiohttp's
+                # ClientConnectionResetError): nobody to answer; the upstream stream is closed.
+                log.debug("client went away before its answer was written")
+                return web.Response(status=499)
             finally:
                 latency = time.perf_counter() - start
                 self.recorder.record(Decision.of(self.metrics.policy, rt, body, outcome, latency))
