@@ -5,8 +5,9 @@
 #
 #   - Debian packages: prometheus (server binary, /usr/bin/prometheus), openssl
 #     (test PKI), plus small helpers (ca-certificates, curl, util-linux's flock).
-#   - Real control-plane binaries built from pinned Go modules by
-#     tests/k8senv/build.sh (kube-apiserver, kube-controller-manager, etcd, helm)
+#   - Real control-plane and node binaries built from pinned Go modules by
+#     tests/k8senv/build.sh (kube-apiserver, kube-controller-manager, etcd, helm,
+#     kubelet, kube-scheduler, kube-proxy, kubectl)
 #     into ${TIERGUARD_BIN_DIR:-$HOME/.cache/tierguard/bin}; cached per version.
 #
 # Works non-interactively (CI=true, no stdin).
@@ -26,9 +27,14 @@ fi
 # ---------------------------------------------------------------- apt packages
 # chromium: headless rendering check of the replay HTML report and the reviewer's page
 # lua5.4: runs the shipped Argo CD health check on real objects (tests/test_gitops_health.py)
+# containerd, runc, CNI plugins, iptables, conntrack: the single-node cluster with a kubelet
+#   (tests/infra/node.py); buildah, mmdebstrap, gcc + libc6-dev: its images, built locally from
+#   the Dockerfile with no registry (tests/infra/images.py); iproute2: the node's bridge
 # postgresql: the review store's PostgreSQL tests start their own server (initdb/postgres from
 #   /usr/lib/postgresql/*/bin, as the unprivileged 'postgres' user the package creates)
-PKGS=(prometheus openssl ca-certificates curl util-linux chromium lua5.4 postgresql)
+PKGS=(prometheus openssl ca-certificates curl util-linux chromium
+      containerd runc containernetworking-plugins iptables conntrack iproute2
+      buildah mmdebstrap gcc libc6-dev lua5.4 postgresql)
 need=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -42,7 +48,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 
   # Keep package maintainer scripts from starting services (Debian's prometheus
   # package would otherwise start a server on :9090 where an init system runs, and
-  # postgresql one on :5432).
+  # containerd's a host-wide containerd, and postgresql one on :5432; the tests start
+  # their own).
   # Tests never use that service: they start their own Prometheus on a free
   # loopback port. Only add the policy file if none exists, and remove it after.
   policy=/usr/sbin/policy-rc.d
@@ -72,6 +79,11 @@ if [ "${#need[@]}" -gt 0 ]; then
     elif [ -x /etc/init.d/prometheus ]; then
       $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
     fi
+  fi
+  # Likewise a host-wide containerd (the node tests run their own, on their own socket).
+  if [[ " ${need[*]} " == *" containerd "* ]] && [ -d /run/systemd/system ] \
+     && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now containerd.service >/dev/null 2>&1 || true
   fi
 else
   log "Debian packages already installed: ${PKGS[*]}"

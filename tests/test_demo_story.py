@@ -144,7 +144,10 @@ def test_a_taken_port_is_one_line() -> None:
         port = s.getsockname()[1]
         res = demo("--port", str(port))
     assert res.returncode == 2
-    assert res.stderr.strip() == f"tierguard demo: error: port {port} is taken; pass --port N (0 picks a free port)"
+    assert (
+        res.stderr.strip()
+        == f"tierguard demo: error: port {port} is taken; pass --port N (0 picks a free port)"
+    )
 
 
 def test_missing_binaries_are_one_line(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -132,7 +132,18 @@ def _data(tmp: Path) -> Data:
 # --------------------------------------------------------------------------- moving parts
 
 
-def proxy_canary_weight(proxy: RunningProcess, policy: str) -> float | None:
+class Endpoint(Protocol):
+    """Where a proxy listens: a local process, a pod or a Service."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def base(self) -> str: ...
+
+
+def proxy_canary_weight(proxy: Endpoint, policy: str) -> float | None:
     with urllib.request.urlopen(f"{proxy.base}/metrics", timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
@@ -141,7 +152,7 @@ def proxy_canary_weight(proxy: RunningProcess, policy: str) -> float | None:
     return None
 
 
-def proxy_config_hash(proxy: RunningProcess) -> str | None:
+def proxy_config_hash(proxy: Endpoint) -> str | None:
     with urllib.request.urlopen(f"{proxy.base}/metrics", timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
@@ -290,16 +301,21 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, prometheus_session_factory: An
         cluster.stop()
 
 
+def run_cleanups(cleanups: list[Any]) -> None:
+    """Call every cleanup, newest first, ignoring their errors; empty the list."""
+    for fn in reversed(cleanups):
+        with contextlib.suppress(Exception):
+            fn()
+    cleanups.clear()
+
+
 @pytest.fixture
 def env(e2e: E2E) -> Iterator[E2E]:
     """The module's environment; what a test launched (proxies, load, sync) is stopped after it."""
     try:
         yield e2e
     finally:
-        for fn in reversed(e2e.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
-        e2e.cleanups.clear()
+        run_cleanups(e2e.cleanups)
 
 
 # --------------------------------------------------------------------------- tests
@@ -397,7 +413,7 @@ def test_breach_rolls_back_within_the_stated_time(env: E2E) -> None:
 
 def test_api_calls_per_analysis_interval_and_a_promotion_at_an_indefinite_pause(env: E2E) -> None:
     e2e = env
-    steps = [{"weight": 10, "pause": "indefinite"}, {"weight": 100}]
+    steps: list[dict[str, Any]] = [{"weight": 10, "pause": "indefinite"}, {"weight": 100}]
     e2e.launch(e2e.policy("paused", steps=steps))
     st = until(
         lambda: (

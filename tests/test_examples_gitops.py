@@ -27,6 +27,8 @@ def test_policy_and_slo_are_valid_and_reference_each_other() -> None:
 def test_flux_and_argocd_point_at_the_policy_folder() -> None:
     flux = yaml.safe_load((GITOPS / "flux" / "kustomization.yaml").read_text())
     app = yaml.safe_load((GITOPS / "argocd" / "application.yaml").read_text())
-    assert flux["spec"]["path"].removeprefix("./") == app["spec"]["source"]["path"] == "examples/gitops/policy"
+    assert (
+        flux["spec"]["path"].removeprefix("./") == app["spec"]["source"]["path"] == "examples/gitops/policy"
+    )
     assert (GITOPS / "policy").is_dir()
     assert flux["spec"]["wait"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -615,3 +616,24 @@ def test_port_out_of_range_is_a_usage_error():
         timeout=30,
     )
     assert r.returncode == 2 and "port must be 0-65535" in r.stderr
+
+
+def test_sigterm_with_a_drain_period_keeps_serving_not_ready_and_closing_connections(sims, tmp_path):
+    """--drain-seconds: after SIGTERM the proxy still answers, /readyz is 503 (the Service drops
+    it), every response says Connection: close (keep-alive clients move on); then it exits."""
+    with start_proxy(write_policy(tmp_path / "p.yaml", cascade(sims)), drain_seconds=2) as p:
+        with httpx.Client(base_url=p.base) as client:
+            assert client.get("/readyz").status_code == 200
+            assert (
+                client.post("/v1/chat/completions", json=chat("easy question")).headers.get("connection")
+                != "close"
+            )
+            t0 = time.monotonic()
+            p.proc.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            r = client.post("/v1/chat/completions", json=chat("easy question"))
+            assert r.status_code == 200 and r.headers["connection"] == "close"
+        p.proc.proc.wait(timeout=15)
+        assert 1.8 <= time.monotonic() - t0 < 12

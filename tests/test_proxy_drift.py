@@ -296,8 +296,8 @@ def calibrated(tmp_path_factory):
         out = d / "calibrated.yaml"
         proc = tierguard(
             "calibrate", "--data", data, "--policy", src, "--split", "train", "--out", out,
-            "--max-accuracy-drop", "0.05", "--confidence", "0",
-        )  # fmt: skip
+            "--target-cost", "0.6",
+        )  # fmt: skip  (a cost budget, not a certificate: the drift reference is what is tested here)
         traffic = {s: [user(r["user_prompt"]) for r in rows if r["split"] == s] for s in ("test", "shift")}
         yield out, proc.stdout, traffic
     finally:
@@ -409,8 +409,8 @@ def test_confidence_drift_objective_passes_then_breaches_through_prometheus(cali
 
 
 def test_psi_on_recorded_mmlu_traffic_then_gsm8k(tmp_path):
-    shared = shared_data()
     """Calibrated on MMLU train; MMLU test traffic is familiar, GSM8K questions are not."""
+    shared = shared_data()
     import json
 
     models = {"mini": "gpt-4o-mini", "capable": "gpt-4o"}
@@ -420,8 +420,8 @@ def test_psi_on_recorded_mmlu_traffic_then_gsm8k(tmp_path):
         calibrated = tmp_path / "calibrated.yaml"
         tierguard(
             "calibrate", "--data", shared, "--policy", src, "--benchmark", "mmlu", "--split", "train",
-            "--out", calibrated,
-        )  # fmt: skip
+            "--out", calibrated, "--target-cost", "0.7",
+        )  # fmt: skip  (both tiers kept: on MMLU train alone nothing cheaper certifies at 1 point)
         with shared.open(encoding="utf-8") as fh:  # prompts hold U+2028: not str.splitlines()
             recs = [json.loads(x) for x in fh if x.strip()]
         mmlu = [

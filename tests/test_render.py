@@ -209,6 +209,12 @@ def test_deployment_runs_the_proxy_on_the_mounted_config() -> None:
     assert pod["spec"]["volumes"] == [{"name": "config", "configMap": {"name": "chat-proxy"}}]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # up to 3 minutes to start before liveness counts (a busy node's start-up took > 30 s)
+    startup = c["startupProbe"]
+    assert (
+        startup["httpGet"]["path"] == "/healthz"
+        and startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    )
 
 
 SECRETS_PROXY: dict[str, Any] = {

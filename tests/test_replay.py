@@ -135,7 +135,9 @@ def synth(tmp_path):
 def test_replay_report_numbers(synth):
     data, policy, tmp = synth
     out = tmp / "report"
-    proc = tierguard("replay", "--data", data, "--policy", policy, "--out", out, "--max-accuracy-drop", "0.05")
+    proc = tierguard(
+        "replay", "--data", data, "--policy", policy, "--out", out, "--max-accuracy-drop", "0.05"
+    )
     assert "Traceback" not in proc.stderr
     # malformed lines are named with their line numbers; skipped rows are counted with a reason
     assert f"{data}:4: not valid JSON" in proc.stderr

@@ -65,7 +65,7 @@ def test_a_valid_request_comes_back_unchanged():
         "stop": ["\n", "END"],
         "logit_bias": {"50256": -100},
         "response_format": {"type": "json_object"},
-        "tools": [],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
         "tool_choice": "auto",
         "model": "any",
     }

@@ -13,7 +13,19 @@ from typing import Literal
 from .confidence import aggregate, best_case
 from .policy import CascadeSpec
 
-Reason = Literal["accepted", "low_confidence", "tier_error", "early_abort", "last_tier", "capable_only"]
+Reason = Literal[
+    "accepted",
+    "low_confidence",
+    "no_confidence",
+    "tier_error",
+    "early_abort",
+    "last_tier",
+    "capable_only",
+    "invalid_tool_call",
+    "tool_call_rule",
+    "invalid_structured_output",
+]
+AnswerKind = Literal["text", "tool_call"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("tierguard.kube.main", "run the Kubernetes operator"),
     "proxy": ("tierguard.proxy.main", "run the cascade proxy (OpenAI-compatible)"),
     "sim": ("tierguard.sim.main", "serve recorded model outcomes as an OpenAI-compatible model"),
+    "workload": ("tierguard.sim.workload_main", "write the labelled synthetic support-agent workload"),
     "replay": ("tierguard.replay.main", "replay recorded outcomes through routing strategies"),
     "calibrate": ("tierguard.calibrate", "fit calibration maps and thresholds on recorded outcomes"),
     "review": ("tierguard.review.main", "the reviewer's page and the novelty reference for review sampling"),

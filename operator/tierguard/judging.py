@@ -14,16 +14,25 @@ Two ways to a raw confidence (``spec.confidence.method``):
 :func:`judge_answer` then applies the tier's calibration map and threshold
 (:func:`tierguard.cascade.judge`) and labels the last tier's answer (``last_tier`` or, on a
 capable-only revision, ``capable_only``).
+
+Agent answers (issue 11): :func:`check_answer` inspects an answer before its confidence: a tool
+call (checked against the request's ``tools``; judged by the tier's ``toolCalls`` method) or a
+text that must honour ``response_format``. :func:`effective_raw` maps what was measured to the raw
+confidence the cascade sees, so ``replay`` (which only has :func:`tierguard.cascade.route`) decides
+as the proxy does; :func:`judge_answer` with the check gives the escalation its own reason.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .cascade import Judgement, Reason, judge, raw_confidence
+from .cascade import AnswerKind, Judgement, Reason, judge, raw_confidence
 from .policy import CascadeSpec
+from .structured import structured_output_problem
+from .toolcalls import ToolCall, ToolCallMethod, tool_call_problem, tool_call_raw
 
 
 def is_last(spec: CascadeSpec, tier: int) -> bool:
@@ -57,10 +66,76 @@ def last_tier_answer(j: Judgement, capable_only: bool) -> Judgement:
     return Judgement(j.tier, True, reason, j.raw_confidence, j.confidence)
 
 
-def judge_answer(spec: CascadeSpec, tier: int, raw: float | None, *, capable_only: bool = False) -> Judgement:
-    """Accept or escalate tier ``tier``'s answer given its raw confidence (None: none known)."""
+@dataclass(frozen=True, slots=True)
+class AnswerCheck:
+    """What was found in an answer before its confidence: its kind, the tool-call method the
+    tier uses, and a problem that rules the answer out (invalid call or structured output)."""
+
+    kind: AnswerKind = "text"
+    method: ToolCallMethod = "escalate"
+    tool_call_problem: str | None = None
+    structured_problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self.tool_call_problem or self.structured_problem
+
+
+TEXT = AnswerCheck()
+
+
+def check_answer(
+    spec: CascadeSpec, tier: int, calls: Sequence[ToolCall], text: str, request: dict[str, Any]
+) -> AnswerCheck:
+    """Inspect one answer (its tool calls, else its text) against the request's ``tools`` and
+    ``response_format``: the same check for live answers (proxy) and recorded ones (replay)."""
+    method = spec.tiers[tier].confidence.tool_call_method
+    if calls:
+        return AnswerCheck(
+            "tool_call", method, tool_call_problem=tool_call_problem(calls, request.get("tools"))
+        )
+    return AnswerCheck(
+        "text", method, structured_problem=structured_output_problem(text, request.get("response_format"))
+    )
+
+
+def effective_raw(check: AnswerCheck, measured: float | None) -> float | None:
+    """The raw confidence :func:`tierguard.cascade.route` must see to decide as
+    :func:`judge_answer` does: none for a ruled-out answer, the tool-call method's value for a call."""
+    if check.kind == "tool_call":
+        return tool_call_raw(check.method, measured, check.tool_call_problem)
+    return None if check.structured_problem is not None else measured
+
+
+def judge_answer(
+    spec: CascadeSpec,
+    tier: int,
+    raw: float | None,
+    *,
+    capable_only: bool = False,
+    check: AnswerCheck = TEXT,
+) -> Judgement:
+    """Accept or escalate tier ``tier``'s answer given its raw confidence (None: none known).
+
+    With a ``check``, pass ``effective_raw(check, measured)`` as ``raw``: a non-last tier's invalid
+    tool call or structured output escalates with its own reason (``invalid_tool_call``,
+    ``invalid_structured_output``) whatever its confidence, as does a tool call under the
+    ``escalate`` rule (``tool_call_rule``) or without a confidence (``no_confidence``).
+    """
     j = judge(spec, tier, raw)
-    return last_tier_answer(j, capable_only) if is_last(spec, tier) else j
+    if is_last(spec, tier):
+        return last_tier_answer(j, capable_only)
+    if check.tool_call_problem is not None:
+        return Judgement(tier, False, "invalid_tool_call", raw, j.confidence)
+    if check.structured_problem is not None:
+        return Judgement(tier, False, "invalid_structured_output", raw, j.confidence)
+    if j.accepted:
+        return j
+    if check.kind == "tool_call" and check.method == "escalate":
+        return Judgement(tier, False, "tool_call_rule", raw, j.confidence)
+    if raw is None and check.kind == "tool_call":
+        return Judgement(tier, False, "no_confidence", raw, j.confidence)
+    return j
 
 
 def failed_call(spec: CascadeSpec, tier: int) -> Judgement:
@@ -78,17 +153,18 @@ def early_abort(spec: CascadeSpec, tier: int, seen_logprobs: Sequence[float]) ->
 def self_eval_request(request: dict[str, Any], answer: str, prompt: str) -> dict[str, Any]:
     """The one-token verification question: the conversation, the tier's answer as an assistant
     turn, then ``prompt`` as a user turn."""
-    return {
-        "messages": [
+    return verification_request(
+        [
             *request["messages"],
             {"role": "assistant", "content": answer},
             {"role": "user", "content": prompt},
-        ],
-        "max_tokens": 1,
-        "logprobs": True,
-        "top_logprobs": 5,
-        "temperature": 0,
-    }
+        ]
+    )
+
+
+def verification_request(messages: list[Any]) -> dict[str, Any]:
+    """A one-token verification call with ``messages`` (read with :func:`p_yes`)."""
+    return {"messages": messages, "max_tokens": 1, "logprobs": True, "top_logprobs": 5, "temperature": 0}
 
 
 def p_yes(body: dict[str, Any]) -> float | None:

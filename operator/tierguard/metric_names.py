@@ -12,8 +12,13 @@ PREFIX = "tierguard"
 TIER_REQUESTS = f"{PREFIX}_tier_requests"
 # labels: policy, revision, tier (the answering tier, "none" on error), status(ok|error|client_error)
 REQUESTS = f"{PREFIX}_requests"
-# labels: policy, revision, tier, reason(low_confidence|tier_error|early_abort)
+# labels: policy, revision, tier, reason(low_confidence|no_confidence|tier_error|early_abort|
+#         invalid_tool_call|tool_call_rule|invalid_structured_output)
 ESCALATIONS = f"{PREFIX}_escalations"
+# tool-call answers of a tier; labels: policy, revision, tier, outcome(accepted|escalated)
+TOOL_CALLS = f"{PREFIX}_tool_calls"
+# turns started above the cheapest tier by conversation affinity; labels: policy, revision, tier
+AFFINITY_STARTS = f"{PREFIX}_affinity_starts"
 TOKENS = f"{PREFIX}_tokens"  # labels: policy, revision, tier, direction(in|out)
 COST_USD = f"{PREFIX}_cost_usd"  # labels: policy, revision, tier
 COUNTERFACTUAL_COST_USD = f"{PREFIX}_counterfactual_cost_usd"  # labels: policy, revision
@@ -34,6 +39,7 @@ CONFIG_INFO = (
     f"{PREFIX}_config_info"  # value 1; labels: policy, config_hash, stable_revision, canary_revision
 )
 CANARY_WEIGHT = f"{PREFIX}_canary_weight"  # labels: policy
+AFFINITY_CONVERSATIONS = f"{PREFIX}_affinity_conversations"  # remembered conversations; labels: policy
 
 # shadow scoring: the last tier re-answers a sample of accepted cheap-tier answers
 SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier (the tier that was accepted)

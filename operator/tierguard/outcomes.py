@@ -8,20 +8,25 @@ One JSON object per line (see docs/outcomes-format.md)::
                                 "latency_ms": 684.4, "tokens_in": 128, "tokens_out": 1,
                                 "cost_usd": 1.98e-05}}}
 
-Only ``user_prompt`` and ``models.*.answer`` are required. A malformed line is reported with its
-line number; lenient loading skips it and counts it, strict loading stops at it.
+Only ``user_prompt`` (or ``messages``) and ``models.*.answer`` (or ``models.*.tool_calls``) are
+required. Agent traffic adds ``messages`` (the conversation up to this turn), ``tools``,
+``response_format``, ``conversation_id`` and ``turn``; an outcome may be a tool call
+(``tool_calls: [{"name", "arguments"}]``). A malformed line is reported with its line number;
+lenient loading skips it and counts it, strict loading stops at it.
 
 :func:`load_dataset` aligns the records to a policy's tiers for ``replay`` and ``calibrate``: one
 :class:`Row` per query that every tier answered. A tier's raw confidence comes from
 :func:`tierguard.judging.recorded_raw_confidence` on the recorded log-probability (one answer
-token: ``exp(conf_logprob)``), so replay sees exactly the number the proxy would compute. A row
-whose tier model is missing, or lacks ``correct``, or has no cost (neither ``cost_usd`` nor tokens
-with tier prices) cannot be scored: it is skipped and counted with its reason, never dropped
-silently.
+token: ``exp(conf_logprob)``), so replay sees exactly the number the proxy would compute. A
+tool-call answer or a structured output gets the raw confidence the proxy's checks give it
+(:func:`tierguard.judging.effective_raw`). A row whose tier model is missing, or lacks
+``correct``, or has no cost (neither ``cost_usd`` nor tokens with tier prices) cannot be scored:
+it is skipped and counted with its reason, never dropped silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -31,17 +36,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import OutcomeFormatError
-from .judging import recorded_raw_confidence
+from .judging import check_answer, effective_raw, recorded_raw_confidence
 from .policy import CascadeSpec, Tier
+from .toolcalls import ToolCall
+
+
+class RecordedToolCall(BaseModel):
+    """One function call a model answered with; ``arguments`` as the model wrote them (JSON text,
+    possibly invalid; an object is serialised)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1)
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
 class ModelOutcome(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    answer: str
+    answer: str = ""
+    tool_calls: list[RecordedToolCall] | None = Field(
+        default=None, min_length=1, description="The answer was these tool calls (content empty)."
+    )
     # strict: "yes", "1" or 1 are not silently read as true
     correct: StrictBool | None = None
     conf_logprob: float | None = Field(
@@ -61,9 +93,22 @@ class ModelOutcome(BaseModel):
             raise ValueError("conf_logprob must be a log-probability (<= 0) or null")
         return None if math.isinf(v) else min(v, 0.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _answer_or_calls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "answer" not in data and not data.get("tool_calls"):
+            raise ValueError("answer: Field required (or give tool_calls)")
+        return data
+
     @property
     def confidence(self) -> float | None:
         return None if self.conf_logprob is None else math.exp(self.conf_logprob)
+
+    def as_text(self) -> str:
+        """The answer as one comparable string: the text, or the calls as ``name(args)``."""
+        if not self.tool_calls:
+            return self.answer
+        return "; ".join(f"{c.name}({canonical_arguments(c.arguments)})" for c in self.tool_calls)
 
 
 class OutcomeRecord(BaseModel):
@@ -71,6 +116,13 @@ class OutcomeRecord(BaseModel):
 
     qid: str = ""
     user_prompt: str
+    messages: list[dict[str, Any]] | None = Field(
+        default=None, min_length=1, description="The conversation up to this turn (OpenAI chat messages)."
+    )
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    conversation_id: str | None = None
+    turn: int | None = Field(default=None, ge=0)
     system_prompt: str | None = None
     benchmark: str | None = None
     split: str | None = None
@@ -83,6 +135,32 @@ class OutcomeRecord(BaseModel):
     @classmethod
     def _qid_str(cls, v: Any) -> str:
         return "" if v is None else str(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompts_from_messages(cls, data: Any) -> Any:
+        """A conversation row needs no separate user/system prompt: they come from ``messages``."""
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            return data
+        msgs = [m for m in data["messages"] if isinstance(m, dict)]
+        if len(msgs) != len(data["messages"]):
+            raise ValueError("messages: every message must be an object")
+        out = dict(data)
+        if "user_prompt" not in out:
+            first = next((m for m in msgs if m.get("role") == "user"), None)
+            if first is None:
+                raise ValueError("messages: no message with role 'user'")
+            out["user_prompt"] = content_text(first.get("content"))
+        if "system_prompt" not in out:
+            system = [
+                content_text(m.get("content")) for m in msgs if m.get("role") in ("system", "developer")
+            ]
+            out["system_prompt"] = "\n".join(system) or None
+        return out
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return any(o.tool_calls for o in self.models.values())
 
 
 def _reason(err: ValidationError) -> str:
@@ -160,6 +238,50 @@ def prompt_key(system_prompt: str | None, user_prompt: str) -> str:
     return " ".join((system_prompt or "").split()) + "\x00" + " ".join(user_prompt.split())
 
 
+def content_text(content: Any) -> str:
+    """A message's text: a string, or the text parts of an array joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def canonical_arguments(arguments: str) -> str:
+    """Tool-call arguments in one form: sorted compact JSON when they parse, else trimmed text."""
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return " ".join(arguments.split())
+
+
+def _message_line(msg: Any) -> str:
+    if not isinstance(msg, dict):
+        return "?"
+    parts = [str(msg.get("role")), " ".join(content_text(msg.get("content")).split())]
+    calls = msg.get("tool_calls")
+    if isinstance(calls, list):
+        for c in calls:
+            fn = c.get("function") if isinstance(c, dict) else None
+            if isinstance(fn, dict):
+                args = fn.get("arguments")
+                args = args if isinstance(args, str) else json.dumps(args)
+                parts.append(f"{fn.get('name')}({canonical_arguments(args)})")
+    return "\x1f".join(parts)
+
+
+def conversation_key(messages: Sequence[Any]) -> str:
+    """The key a whole conversation is looked up by: every message's role, whitespace-normalised
+    text and tool calls (canonical arguments); tool-call ids are left out (a client echoes the
+    ids it was given, which differ per run). A SHA-256 digest, so long conversations stay small."""
+    blob = "\x1e".join(_message_line(m) for m in messages)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 # --- aligned to a policy's tiers (replay, calibrate) ---------------------------------------------
 
 
@@ -226,7 +348,8 @@ def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
     correct: list[bool] = []
     costs: list[float] = []
     answers: list[str] = []
-    for tier in spec.tiers:
+    request = {"tools": record.tools, "response_format": record.response_format}
+    for i, tier in enumerate(spec.tiers):
         out = record.models.get(tier.model)
         if out is None:
             return f"model {tier.model} missing"
@@ -235,10 +358,13 @@ def align(record: OutcomeRecord, spec: CascadeSpec) -> Row | str:
         cost = _cost(tier, out.cost_usd, out.tokens_in, out.tokens_out)
         if cost is None:
             return f"model {tier.model}: no cost_usd (and no tokens with tier prices)"
-        raws.append(recorded_raw_confidence(spec, out.conf_logprob))
+        calls = [ToolCall("", c.name, c.arguments) for c in out.tool_calls or ()]
+        # a tool call or a structured output is judged as the proxy judges it
+        check = check_answer(spec, i, calls, out.answer, request)
+        raws.append(effective_raw(check, recorded_raw_confidence(spec, out.conf_logprob)))
         correct.append(out.correct)
         costs.append(cost)
-        answers.append(out.answer)
+        answers.append(out.as_text())
     return Row(
         qid=record.qid,
         benchmark=record.benchmark,

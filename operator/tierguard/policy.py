@@ -33,6 +33,7 @@ from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
 from .drift import CONFIDENCE_BINS, check_reference
 from .errors import PolicyError
+from .toolcalls import DEFAULT_TOOL_CALL_METHOD, ToolCallMethod
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CAPABLE_ONLY = "capable-only"
@@ -85,6 +86,13 @@ class TierConfidence(Model):
         "written by `tierguard calibrate`. The proxy exports the PSI of recent answers against it "
         "(tierguard_confidence_psi).",
     )
+    tool_calls: ToolCallMethod | None = Field(
+        default=None,
+        description="How this tier's tool-call answers get a confidence: self_eval (ask the tier to "
+        "verify the call), logprob (the call's token logprobs, where the upstream returns them), "
+        "escalate or accept (fixed rules). Unset: escalate. Calls that are not valid JSON or fail "
+        "the tool's schema escalate whatever the method.",
+    )
 
     @field_validator("calibration")
     @classmethod
@@ -102,12 +110,19 @@ class TierConfidence(Model):
 
     @model_serializer(mode="wrap")
     def _omit_missing_reference(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Without a reference the serialised form (and so every revision's content hash) stays
-        # what it was before the field existed.
+        # Without a reference (or a tool-call method) the serialised form (and so every
+        # revision's content hash) stays what it was before the field existed.
         data = handler(self)
-        if self.reference is None and isinstance(data, dict):
-            data.pop("reference", None)
+        if isinstance(data, dict):
+            for name, alias in (("reference", "reference"), ("tool_calls", "toolCalls")):
+                if getattr(self, name) is None:
+                    data.pop(name, None)
+                    data.pop(alias, None)
         return data
+
+    @property
+    def tool_call_method(self) -> ToolCallMethod:
+        return self.tool_calls or DEFAULT_TOOL_CALL_METHOD
 
     @cached_property
     def _calibration_map(self) -> CalibrationMap:
@@ -168,6 +183,9 @@ class ConfidenceSpec(Model):
     )
 
 
+Affinity = Literal["sticky", "restart"]
+
+
 class CascadeSpec(Model):
     """What a revision is made of: the ordered tiers and how confidence is judged."""
 
@@ -175,6 +193,24 @@ class CascadeSpec(Model):
         min_length=2, max_length=16, description="Cheapest first; the last tier always answers."
     )
     confidence: ConfidenceSpec = Field(default_factory=ConfidenceSpec)
+    affinity: Affinity | None = Field(
+        default=None,
+        description="Multi-turn conversations (keyed by the x-tierguard-conversation header, or the "
+        "request's user field): sticky starts a conversation's later turns at the highest tier it "
+        "has escalated to; restart (the default when unset) starts every turn at the cheapest tier.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_affinity(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Unset affinity leaves the serialised form (and the revision's content hash) unchanged.
+        data = handler(self)
+        if self.affinity is None and isinstance(data, dict):
+            data.pop("affinity", None)
+        return data
+
+    @property
+    def affinity_mode(self) -> Affinity:
+        return self.affinity or "restart"
 
     @field_validator("tiers")
     @classmethod
@@ -385,6 +421,16 @@ class ProxyBehaviour(Model):
     shadow_max_in_flight: int = Field(
         default=16, ge=1, le=10000, description="Concurrent shadow calls at most."
     )
+    affinity_max_conversations: int = Field(
+        default=100000,
+        ge=1,
+        le=10000000,
+        description="Conversations the affinity table remembers per proxy (least recently used "
+        "forgotten first).",
+    )
+    affinity_ttl_seconds: float = Field(
+        default=3600.0, gt=0.0, le=7 * 86400.0, description="A conversation idle this long is forgotten."
+    )
     log_prompts: bool = Field(default=False, description="Include prompt text in the decision log.")
     review: ReviewSpec | None = Field(default=None, description="Review sampling; off when omitted.")
     outcomes: OutcomeSpec | None = Field(
@@ -433,7 +479,7 @@ class CascadePolicySpec(CascadeSpec):
     proxy: ProxyDeployment = Field(default_factory=ProxyDeployment)
 
     def cascade(self) -> CascadeSpec:
-        return CascadeSpec(tiers=self.tiers, confidence=self.confidence)
+        return CascadeSpec(tiers=self.tiers, confidence=self.confidence, affinity=self.affinity)
 
 
 Signal = Literal[

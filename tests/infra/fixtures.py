@@ -8,6 +8,8 @@ Use from a conftest (with ``tests`` on ``sys.path``, e.g. pytest's
 Fixtures:
     kube_cluster            session   a started :class:`infra.kube.KubeCluster`
     kube_namespace          function  a fresh namespace name in ``kube_cluster``
+    node_cluster            session   a started :class:`infra.node.NodeCluster` (pods run); under
+                                      CI=true a host that cannot run it fails, elsewhere skips
     prometheus_factory      function  ``make(targets=(), **kwargs) -> PrometheusServer``;
                                       every server made is stopped at test end
     prometheus_session_factory  session  same, servers live for the session
@@ -22,12 +24,21 @@ build is cached. Set ``TIERGUARD_NO_BUILD=1`` to fail instead of building, and
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
 
-from tierguard.localenv.binaries import MissingBinaryError, ensure_binaries, is_current, missing
+from infra.images import ImageBuildError, ensure_images
+from infra.node import NodeCluster, NodeUnavailable, host_problem
+from tierguard.localenv.binaries import (
+    NODE_BINARIES,
+    MissingBinaryError,
+    ensure_binaries,
+    is_current,
+    missing,
+)
 from tierguard.localenv.kube import KubeCluster
 from tierguard.localenv.prometheus import PrometheusServer
 
@@ -43,9 +54,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """
     if session.config.option.collectonly:
         return
-    if not any("kube_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+    uses = {f for item in session.items for f in getattr(item, "fixturenames", ())}
+    if not {"kube_cluster", "node_cluster"} & uses:
         return
     names = ["etcd", "kube-apiserver", "kube-controller-manager"]
+    if "node_cluster" in uses:
+        names += [*NODE_BINARIES, "helm"]
     if missing(names):
         try:
             ensure_binaries(names)
@@ -85,6 +99,40 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
     name = f"t{next(_ns_counter)}-{base}".rstrip("-")
     kube_cluster.create_namespace(name, exist_ok=False)
     return name
+
+
+def _unavailable(reason: str) -> None:
+    """Fail under CI (the suite must run there), skip with the reason elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[NodeCluster]:
+    """A real single-node cluster (kubelet, containerd, kube-proxy, scheduler, control plane) with
+    the project's image built from the Dockerfile, for the whole session (~15 s to start with
+    cached images; the first image build takes ~3 min)."""
+    if _build_error is not None:
+        pytest.fail(f"building the cluster binaries failed: {_build_error}", pytrace=False)
+    problem = host_problem()
+    if problem:
+        _unavailable(f"no single-node cluster on this host: {problem}")
+    try:
+        images = ensure_images()
+    except ImageBuildError as e:
+        pytest.fail(f"building the node images failed: {e}", pytrace=False)
+    node = NodeCluster(images=images)
+    try:
+        node.start()
+    except NodeUnavailable as e:
+        _unavailable(str(e))
+    except MissingBinaryError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 PrometheusFactory = Callable[..., PrometheusServer]
@@ -149,6 +197,7 @@ __all__ = [
     "is_current",
     "kube_cluster",
     "kube_namespace",
+    "node_cluster",
     "prometheus_factory",
     "prometheus_server",
     "prometheus_session_factory",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Build the real control-plane binaries used by tierguard's integration tests:
+# Build the real control-plane and node binaries used by tierguard's integration tests:
 #
 #   kube-apiserver, kube-controller-manager   k8s.io/kubernetes  (see go.mod)
+#   kubelet, kube-scheduler, kube-proxy,      k8s.io/kubernetes  (same version; the
+#   kubectl                                   single-node cluster of tests/infra/node.py)
 #   etcd                                      go.etcd.io/etcd/server/v3
 #   helm                                      helm.sh/helm/v3/cmd/helm
 #
@@ -13,7 +15,8 @@
 # live in $BIN_DIR/.stamps/ and a human-readable summary in $BIN_DIR/VERSIONS.
 #
 # Usage:  tests/k8senv/build.sh [--force] [binary ...]
-#         (default binaries: etcd kube-apiserver kube-controller-manager helm)
+#         (default: all of them; `control-plane` = etcd kube-apiserver
+#         kube-controller-manager helm, `node` = kubelet kube-scheduler kube-proxy kubectl)
 #
 # Build time, measured on the 2-core Debian 12 dev machine with Go 1.26.8, from an
 # empty Go build cache and an empty module cache (downloading the ~740 MB of
@@ -23,6 +26,8 @@
 #   kube-controller-manager  2m03s   (after kube-apiserver; shares most packages)
 #   helm                       27s
 #   total                    7m10s   (~5.5 min when the Go build cache is partly warm)
+# The node binaries, with the Go build cache warm from the above: kubelet 36s,
+# kube-scheduler 8s, kube-proxy 22s, kubectl ~30s.
 # A re-run with everything up to date takes about 1s. Sizes with
 # -trimpath -ldflags='-s -w': kube-apiserver 101M, kube-controller-manager 92M,
 # helm 57M, etcd 26M. Go's build cache grows by ~3 GB.
@@ -37,12 +42,15 @@ for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    etcd|kube-apiserver|kube-controller-manager|helm) WANT+=("$arg") ;;
+    etcd|kube-apiserver|kube-controller-manager|helm|kubelet|kube-scheduler|kube-proxy|kubectl)
+      WANT+=("$arg") ;;
+    control-plane) WANT+=(etcd kube-apiserver kube-controller-manager helm) ;;
+    node) WANT+=(kubelet kube-scheduler kube-proxy kubectl) ;;
     *) echo "build.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 if [ "${#WANT[@]}" -eq 0 ]; then
-  WANT=(etcd kube-apiserver kube-controller-manager helm)
+  WANT=(etcd kube-apiserver kube-controller-manager helm kubelet kube-scheduler kube-proxy kubectl)
 fi
 
 log() { printf '[k8senv %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -118,10 +126,8 @@ build_one() {
 total_start=$SECONDS
 for name in "${WANT[@]}"; do
   case "$name" in
-    kube-apiserver)
-      build_one kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$K8S_VERSION" "$(k8s_ldflags)" ;;
-    kube-controller-manager)
-      build_one kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$K8S_VERSION" "$(k8s_ldflags)" ;;
+    kube-apiserver|kube-controller-manager|kubelet|kube-scheduler|kube-proxy|kubectl)
+      build_one "$name" "k8s.io/kubernetes/cmd/$name" "$K8S_VERSION" "$(k8s_ldflags)" ;;
     etcd)
       build_one etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "" ;;
     helm)

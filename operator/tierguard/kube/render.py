@@ -38,6 +38,10 @@ from ..rollout.status import PolicyStatus
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/tierguard"
 MANAGED_BY = "tierguard-operator"
+# On SIGTERM a proxy pod keeps serving this long, not ready and closing each connection after its
+# response, while the Service's endpoints drop it (measured: 0 failed requests in a rolling update
+# under load, 13 of 1514 without; tests/test_node_e2e.py). Well within the default 30 s grace period.
+DRAIN_SECONDS = 5
 LABEL_POLICY = f"{API_GROUP}/policy"
 ANNOTATION_CONFIG_HASH = f"{API_GROUP}/config-hash"
 ANNOTATION_STABLE = f"{API_GROUP}/stable-revision"
@@ -182,12 +186,21 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
             "proxy",
             "--policy",
             f"{CONFIG_DIR}/{CONFIG_KEY}",
+            "--drain-seconds",
+            str(DRAIN_SECONDS),
             "--host",
             "0.0.0.0",
             "--port",
             str(px.port),
         ],
         "ports": [{"name": "http", "containerPort": px.port, "protocol": "TCP"}],
+        # Liveness only counts once the proxy has started: on a busy node its start-up (imports,
+        # tier clients) took over 30 s, and the liveness probe alone then restarted it in a loop.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 90,
+        },
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},

@@ -26,7 +26,12 @@ MODULES = {
     "kube-apiserver": "k8s.io/kubernetes",
     "kube-controller-manager": "k8s.io/kubernetes",
     "helm": "helm.sh/helm/v3",
+    "kubelet": "k8s.io/kubernetes",
+    "kube-scheduler": "k8s.io/kubernetes",
+    "kube-proxy": "k8s.io/kubernetes",
+    "kubectl": "k8s.io/kubernetes",
 }
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "kubectl")
 
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 

@@ -92,6 +92,10 @@ class _Pki:
         )
         self.serving = self.leaf("apiserver", "/CN=kube-apiserver", "serverAuth", sans)
         self.admin = self.leaf("admin", "/O=system:masters/CN=admin", "clientAuth")
+        # the API server's client certificate towards kubelets (logs, exec) when a node runs
+        self.kubelet_client = self.leaf(
+            "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth"
+        )
         # service-account token signing keys
         self.sa_key, self.sa_pub = d / "sa.key", d / "sa.pub"
         _openssl(d, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key")
@@ -353,6 +357,8 @@ class KubeCluster:
             # 'kubernetes' Service (Endpoints validation rejects loopback IPs).
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            f"--kubelet-client-certificate={pki.kubelet_client[0]}",
+            f"--kubelet-client-key={pki.kubelet_client[1]}",
             *self.extra_apiserver_args,
         ]
         self.apiserver = ManagedProcess("kube-apiserver", args, self.workdir / "logs" / "kube-apiserver.log")

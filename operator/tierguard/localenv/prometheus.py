@@ -75,6 +75,8 @@ class PrometheusServer:
         extra_args: appended command-line flags.
         binary: the prometheus executable (default ``/usr/bin/prometheus``,
             or ``$TIERGUARD_PROMETHEUS``).
+        listen_host: the address to listen on (default loopback; a node's bridge IP makes it
+            reachable from pods).
         workdir: config/data/log directory (default: new temp dir, removed by
             :meth:`stop` unless ``keep_workdir`` or ``TIERGUARD_KEEP_TMP=1``).
     """
@@ -94,6 +96,7 @@ class PrometheusServer:
         workdir: str | os.PathLike[str] | None = None,
         keep_workdir: bool = False,
         startup_timeout: float = 60.0,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self._initial_targets = list(targets)
         self.scrape_interval = scrape_interval
@@ -108,6 +111,7 @@ class PrometheusServer:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tierguard-prom-"))
         self.keep_workdir = keep_workdir or os.environ.get("TIERGUARD_KEEP_TMP", "") in ("1", "true", "yes")
         self.startup_timeout = startup_timeout
+        self.listen_host = listen_host
         self.port = 0
         self.process: ManagedProcess | None = None
         self.targets_file = self.workdir / "targets" / "targets.json"
@@ -122,8 +126,8 @@ class PrometheusServer:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:<port>`` (also this server's own scrape target address)."""
-        return f"127.0.0.1:{self.port}"
+        """``<listen_host>:<port>`` (also this server's own scrape target address)."""
+        return f"{self.listen_host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -138,7 +142,7 @@ class PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_targets(self._initial_targets)
         for attempt in range(3):
-            self.port = free_port()
+            self.port = free_port(self.listen_host)
             self._write_config()
             data = self.workdir / "data"
             shutil.rmtree(data, ignore_errors=True)

@@ -19,13 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..policy import ProxyConfig
 from ..review.outcome_events import Decided, IdRejected
 from ..review.plugin import ReviewPlugin
+from .conversations import ConversationAffinity, conversation_key
 from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
 from .drift_monitor import DriftMonitor, DriftSettings
 from .escalation import escalate
 from .ids import IdSigner, InvalidId, SeenIds, load_key
 from .metrics import ProxyMetrics
-from .observers import DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
+from .observers import AffinityObserver, DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
 from .outcome import Outcome
 from .recorder import Decision, Recorder
 from .requests import BadRequest, parse_feedback, read_chat_request, read_json
@@ -50,12 +51,14 @@ class ProxyApp:
         self.shadow = ShadowScorer(self.metrics, decision_log)
         self.drift = DriftMonitor(self.metrics.confidence_psi, DriftSettings.from_env())
         self.log_observer = DecisionLogObserver(decision_log)
+        self.affinity = ConversationAffinity(config.settings, self._affinity_size)
         self.recorder = Recorder(
             [
                 MetricsObserver(self.metrics),
                 DriftObserver(self.drift),
                 self.log_observer,
                 ShadowObserver(self.shadow),
+                AffinityObserver(self.affinity),
             ]
         )
         self.review = ReviewPlugin(
@@ -70,6 +73,8 @@ class ProxyApp:
         self._initial = config
         self.runtime: Runtime | None = None
         self.config_error: str | None = None  # the last rejected reload, until a good one applies
+        # set on SIGTERM with a drain period: not ready, and every response closes its connection
+        self.draining = False
         self.app = web.Application(client_max_size=config.settings.max_body_bytes)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/chat/completions", self.chat)
@@ -81,6 +86,10 @@ class ProxyApp:
         self.app.router.add_get("/metrics", self.metrics_endpoint)
         self.app.on_startup.append(self._startup)
         self.app.on_cleanup.append(self._cleanup)
+        self.app.on_response_prepare.append(self._close_when_draining)
+
+    def _affinity_size(self, size: int) -> None:
+        self.metrics.affinity_conversations.labels(self.metrics.policy).set(size)
 
     @property
     def decision_log(self) -> DecisionLog:
@@ -137,6 +146,7 @@ class ProxyApp:
             log.warning("settings.maxBodyBytes changed: takes effect at the next restart")
             self.metrics.reloads.labels(config.policy, "restart_required").inc()
         self.signer = signer
+        self.affinity.configure(config.settings)
         self.runtime = rt
         self.review.apply(new, novelty)
         self.drift.retain(r.name for r in rt.revisions())
@@ -158,8 +168,17 @@ class ProxyApp:
     async def healthz(self, _req: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _close_when_draining(self, _req: web.Request, resp: web.StreamResponse) -> None:
+        """While draining, answer with ``Connection: close``: a keep-alive client (whose
+        connection the Service's NAT keeps on this pod) reconnects, to a replica that stays."""
+        if self.draining:
+            resp.force_close()  # the server closes the connection after this response
+            resp.headers["Connection"] = "close"  # and says so (the hook runs after aiohttp's headers)
+
     async def readyz(self, _req: web.Request) -> web.Response:
         rt = self.runtime
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
         if rt is None:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response(
@@ -190,7 +209,7 @@ class ProxyApp:
     def _bad(self, err: BadRequest) -> web.Response:
         self.metrics.bad_requests.labels(self.metrics.policy, err.reason).inc()
         status = 413 if err.reason == "too_large" else 400
-        return error_response(status, str(err), etype="invalid_request_error", param=err.param)
+        return error_response(status, str(err), etype="invalid_request_error", param=err.param, code=err.code)
 
     async def feedback(self, request: web.Request) -> web.Response:
         policy = self.metrics.policy
@@ -249,7 +268,11 @@ class ProxyApp:
             rt = self.runtime
             assert rt is not None
             sticky = request.headers.get("x-tierguard-session") or body.get("user")
-            outcome = Outcome(rt.pick(sticky))
+            rev = rt.pick(sticky)
+            conversation = conversation_key(request.headers, body)
+            outcome = Outcome(
+                rev, start=self.affinity.start_tier(rev, conversation), conversation=conversation
+            )
             delivery: Delivery = (
                 StreamDelivery(request, body, outcome, self.signer)
                 if body.get("stream")

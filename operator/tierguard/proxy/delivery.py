@@ -21,13 +21,28 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..cascade import Reason
 from ..confidence import confidence_bucket
+from ..toolcalls import StreamedToolCalls, ToolCall, message_tool_calls
 from .ids import IdSigner
 from .outcome import Outcome
 from .upstream import StreamState, TierClient, TierFailure, message_text
 
 # Given the log-probabilities seen so far of a streaming answer: True to stop it (early abort).
 GiveUp = Callable[[Sequence[float]], bool]
+# Given the tool calls streamed so far: why to stop the stream now (a reason and a problem), or None.
+StopOnCalls = Callable[[StreamedToolCalls], tuple[Reason, str | None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stops:
+    """When to cut a cheaper tier's stream (the last tier's is never cut)."""
+
+    give_up: GiveUp | None = None
+    on_calls: StopOnCalls | None = None
+
+
+NEVER = Stops()
 
 
 @dataclass
@@ -43,16 +58,18 @@ class Reply:
     chunks: list[bytes] = field(default_factory=list)  # streamed chunks not yet sent to the client
     aborted: bool = False  # the stream was cut: acceptance had become impossible
     broken: TierFailure | None = None  # failed after the answer began to reach the client
+    tool_calls: list[ToolCall] = field(default_factory=list)  # the answer's function calls
+    stopped: tuple[Reason, str | None] | None = None  # cut at a tool call: (reason, problem)
 
     @property
     def has_answer(self) -> bool:
-        return self.body is not None or bool(self.text) or bool(self.logprobs)
+        return self.body is not None or bool(self.text) or bool(self.logprobs) or bool(self.tool_calls)
 
 
 class Delivery(Protocol):
     response: web.StreamResponse | None  # set once the answer began to reach the client
 
-    async def call(self, client: TierClient, *, last: bool, logprobs: bool, give_up: GiveUp | None) -> Reply:
+    async def call(self, client: TierClient, *, last: bool, logprobs: bool, stops: Stops) -> Reply:
         """Call one tier; raise :class:`TierFailure` when nothing reached the client."""
         ...
 
@@ -118,10 +135,17 @@ class JsonDelivery:
         self.signer = signer
         self.response: web.StreamResponse | None = None
 
-    async def call(self, client: TierClient, *, last: bool, logprobs: bool, give_up: GiveUp | None) -> Reply:
+    async def call(self, client: TierClient, *, last: bool, logprobs: bool, stops: Stops) -> Reply:
         comp = await client.complete(self.body, logprobs=logprobs)
+        calls = message_tool_calls(comp.body["choices"][0].get("message"))
         return Reply(
-            message_text(comp.body), comp.logprobs, comp.tokens_in, comp.tokens_out, comp.latency_s, comp.body
+            message_text(comp.body),
+            comp.logprobs,
+            comp.tokens_in,
+            comp.tokens_out,
+            comp.latency_s,
+            comp.body,
+            tool_calls=calls,
         )
 
     async def send(self, reply: Reply) -> web.StreamResponse:
@@ -150,8 +174,9 @@ class StreamDelivery:
         self.signer = signer
         self.response: web.StreamResponse | None = None
 
-    async def call(self, client: TierClient, *, last: bool, logprobs: bool, give_up: GiveUp | None) -> Reply:
-        """Buffer a cheaper tier's stream (cut when ``give_up`` says so); pass the last tier's through.
+    async def call(self, client: TierClient, *, last: bool, logprobs: bool, stops: Stops) -> Reply:
+        """Buffer a cheaper tier's stream (cut when ``stops.give_up`` says so, or ``stops.on_calls``
+        once the streamed tool calls decide it); pass the last tier's through.
 
         A failure once the client has had a first chunk ends the stream with an error event and
         comes back as ``Reply.broken``: the status line is gone, it cannot become an error status.
@@ -159,14 +184,19 @@ class StreamDelivery:
         state = StreamState()
         t0 = time.perf_counter()
         aborted = False
+        stopped: tuple[Reason, str | None] | None = None
         gen = client.stream(self.body, state, logprobs=logprobs)
         try:
             async for _event in gen:
                 if last:
                     await self._forward(state.chunks[-1])
-                elif give_up is not None and state.logprobs and give_up(state.logprobs):
+                elif stops.give_up is not None and state.logprobs and stops.give_up(state.logprobs):
                     aborted = True
                     break
+                elif stops.on_calls is not None and state.tool_calls:
+                    stopped = stops.on_calls(state.tool_calls)
+                    if stopped is not None:
+                        break
         except TierFailure as err:
             err.latency_s = time.perf_counter() - t0
             if self.response is None:
@@ -184,6 +214,8 @@ class StreamDelivery:
             time.perf_counter() - t0,
             chunks=[] if last else state.chunks,
             aborted=aborted,
+            tool_calls=state.tool_calls.calls(),
+            stopped=stopped,
         )
 
     async def send(self, reply: Reply) -> web.StreamResponse:

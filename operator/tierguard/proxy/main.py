@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reload-interval", type=float, default=1.0, help="seconds between policy file checks"
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM keep serving this long, not ready and closing every connection after its "
+        "response, so that clients move to other replicas before this one stops (default 0: stop "
+        "at once; the operator's proxy pods use 5)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -78,6 +87,10 @@ async def freeze_heap(_app: web.Application) -> None:
     gc.freeze()
 
 
+def _graceful_exit() -> None:
+    raise web.GracefulExit()  # what aiohttp's own signal handler raises: run_app shuts down
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -110,6 +123,21 @@ def run(args: argparse.Namespace) -> int:
     async def stop_watcher(app: web.Application) -> None:
         app["watcher"].cancel()
 
+    async def drain_on_sigterm(_app: web.Application) -> None:
+        # replaces aiohttp's own SIGTERM handler (installed before the app starts)
+        loop = asyncio.get_running_loop()
+
+        def on_term() -> None:
+            if proxy.draining:
+                return
+            proxy.draining = True
+            logging.getLogger("tierguard.proxy").info("SIGTERM: draining for %.1fs", args.drain_seconds)
+            loop.call_later(args.drain_seconds, _graceful_exit)
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+
+    if args.drain_seconds > 0:
+        proxy.app.on_startup.append(drain_on_sigterm)
     proxy.app.on_startup.append(start_watcher)
     proxy.app.on_startup.append(freeze_heap)
     proxy.app.on_cleanup.append(stop_watcher)

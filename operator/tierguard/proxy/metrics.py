@@ -65,6 +65,18 @@ class ProxyMetrics:
             registry=r,
         )
         self.canary_weight = Gauge(m.CANARY_WEIGHT, "Canary traffic share in percent", ["policy"], registry=r)
+        self.tool_calls = Counter(
+            m.TOOL_CALLS, "Tool-call answers of a tier by outcome", [*rt, "outcome"], registry=r
+        )
+        self.affinity_starts = Counter(
+            m.AFFINITY_STARTS,
+            "Turns started above the cheapest tier by conversation affinity",
+            rt,
+            registry=r,
+        )
+        self.affinity_conversations = Gauge(
+            m.AFFINITY_CONVERSATIONS, "Conversations in the affinity table", ["policy"], registry=r
+        )
         self.reloads = Counter(m.CONFIG_RELOADS, "Config reloads by result", ["policy", "result"], registry=r)
         self.config_rejected = Gauge(
             m.CONFIG_REJECTED,

@@ -4,7 +4,8 @@
   counterfactual cost (what the capable tier alone would have cost);
 - :class:`DriftObserver`: calibrated confidences into the PSI windows (``tierguard_confidence_psi``);
 - :class:`DecisionLogObserver`: one JSON line per request;
-- :class:`ShadowObserver`: a sample of accepted cheaper answers re-answered by the last tier.
+- :class:`ShadowObserver`: a sample of accepted cheaper answers re-answered by the last tier;
+- :class:`AffinityObserver`: remembers the tier a conversation's turn ended at (``affinity: sticky``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .conversations import ConversationAffinity
 from .decision_log import DecisionLog
 from .drift_monitor import DriftMonitor
 from .metrics import ProxyMetrics
@@ -55,6 +57,10 @@ class MetricsObserver:
                 m.tokens.labels(policy, rev, a.tier, "out").inc(a.all_tokens_out)
             if a.cost_usd:
                 m.cost.labels(policy, rev, a.tier).inc(a.cost_usd)
+            if a.answer_kind == "tool_call" and result in ("accepted", "escalated"):
+                m.tool_calls.labels(policy, rev, a.tier, result).inc()
+        if decision.start and decision.attempts:
+            m.affinity_starts.labels(policy, rev, decision.attempts[0].tier).inc()
         if decision.attempts:
             m.requests.labels(policy, rev, decision.answered_tier, decision.status).inc()
             m.request_latency.labels(policy, rev).observe(decision.latency_s)
@@ -113,6 +119,8 @@ def log_entry(decision: Decision) -> dict[str, Any]:
         "answered_by": decision.answered_tier,
         "reason": decision.reason,
         "status": decision.status,
+        "answer_kind": decision.answer_kind,
+        "start_tier": decision.revision.clients[decision.start].tier.name,
         "latency_ms": round(decision.latency_s * 1000, 2),
         "cost_usd": decision.cost_usd,
         "tiers": [a.as_log() for a in decision.attempts],
@@ -141,3 +149,14 @@ class ShadowObserver:
             decision.answer,
             decision.response_id,
         )
+
+
+class AffinityObserver:
+    """Remembers, per conversation, the highest tier that answered it (sticky revisions only)."""
+
+    def __init__(self, affinity: ConversationAffinity) -> None:
+        self.affinity = affinity
+
+    def observe(self, decision: Decision) -> None:
+        if decision.failure is None:
+            self.affinity.record(decision.revision, decision.conversation, decision.answered)

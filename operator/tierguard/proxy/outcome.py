@@ -23,6 +23,8 @@ class Attempt:
     error: str | None = None
     error_kind: str | None = None
     streamed_tokens: int | None = None
+    answer_kind: str | None = None  # text | tool_call, once the tier answered
+    problem: str | None = None  # why an invalid tool call or structured output was refused
     verify_tokens_in: int = 0  # the self-verification call (confidence.method: self_eval)
     verify_tokens_out: int = 0
 
@@ -68,6 +70,10 @@ class Attempt:
             out["self_eval_tokens_out"] = self.verify_tokens_out
         if self.streamed_tokens is not None:
             out["tokens_seen_before_abort"] = self.streamed_tokens
+        if self.answer_kind is not None:
+            out["answer_kind"] = self.answer_kind
+        if self.problem is not None:
+            out["problem"] = self.problem
         return out
 
 
@@ -83,12 +89,21 @@ class Outcome:
     failure: TierFailure | None = None
     response_id: str = ""
     answer: str | None = None  # the text the client received in full, once it has
+    start: int = 0  # the tier the turn started at (conversation affinity)
+    conversation: str | None = None  # the client's conversation id, if it sent one
 
     @property
     def confidence(self) -> float | None:
         if self.answered is None or not self.attempts or self.attempts[-1].judgement is None:
             return None
         return self.attempts[-1].judgement.confidence
+
+    @property
+    def answer_kind(self) -> str | None:
+        """``text`` or ``tool_call``: what the client received (None when nothing)."""
+        if self.answered is None or not self.attempts:
+            return None
+        return self.attempts[-1].answer_kind
 
     @property
     def answered_tier(self) -> str | None:

@@ -16,7 +16,10 @@ the client) and hands it to each registered observer in turn. What an observer r
   ``failure``: the :class:`~tierguard.proxy.upstream.TierFailure` that ended it, if any;
 - ``answer``: the answer text once the client has received it in full (None otherwise);
 - ``response_id``: the signed id the client got ("" when none was issued; feedback quotes it);
-- ``latency_s``: end to end, from the request's arrival; ``cost_usd``: the sum over attempts.
+- ``latency_s``: end to end, from the request's arrival; ``cost_usd``: the sum over attempts;
+- ``start``: the tier index the turn started at (conversation affinity; 0 otherwise);
+  ``conversation``: the client's conversation id, if any; ``answer_kind``: ``text`` or
+  ``tool_call`` (None when nothing was answered).
 
 An observer is anything with ``observe(decision) -> None``. It runs on the event loop, after the
 handler has its response and before that response is finished, so it must be quick and must not
@@ -60,6 +63,9 @@ class Decision:
     response_id: str
     latency_s: float
     cost_usd: float
+    start: int = 0
+    conversation: str | None = None
+    answer_kind: str | None = None
 
     @classmethod
     def of(
@@ -82,6 +88,7 @@ class Decision:
         return cls(
             policy, runtime, request, rev, outcome.attempts, answered, tier, status, failure,
             outcome.answer, outcome.response_id, latency_s, cost,
+            outcome.start, outcome.conversation, outcome.answer_kind,
         )  # fmt: skip
 
     @property

@@ -15,14 +15,19 @@ from typing import Any
 
 from aiohttp import web
 
+from ..agent_requests import agent_request_error
+
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, reason: str = "invalid_request") -> None:
+    def __init__(
+        self, message: str, param: str | None = None, reason: str = "invalid_request", code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.reason = reason
+        self.code = code
 
 
 async def read_json(request: web.Request) -> Any:
@@ -102,6 +107,7 @@ def validate_request(body: Any) -> dict[str, Any]:
         if not lo <= v <= hi:
             raise BadRequest(f"'{key}' must be between {lo:g} and {hi:g}, got {v:g}", key)
     _check_openai_fields(body)
+    agent_fields(body)
     return body
 
 
@@ -137,6 +143,16 @@ def _check_openai_fields(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if choice is not None and not isinstance(choice, str | dict):
         raise BadRequest("'tool_choice' must be a string or an object", "tool_choice")
+
+
+def agent_fields(body: dict[str, Any]) -> None:
+    """tools, tool_choice, parallel_tool_calls, response_format, tool messages and unsupported
+    features, as the OpenAI API checks them (:mod:`tierguard.agent_requests`)."""
+    problem = agent_request_error(body)
+    if problem is not None:
+        message, param, code = problem
+        reason = "unsupported" if code == "unsupported_parameter" else "invalid_agent_field"
+        raise BadRequest(message, param, reason=reason, code=code)
 
 
 def parse_feedback(body: Any) -> tuple[Any, str]:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from ..policy import Tier
+from ..toolcalls import StreamedToolCalls
 
 
 class TierFailure(Exception):
@@ -115,6 +116,7 @@ class StreamState:
     chunks: list[bytes] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    tool_calls: StreamedToolCalls = field(default_factory=StreamedToolCalls)
     tokens_in: int = 0
     tokens_out: int = 0
 
@@ -257,6 +259,8 @@ def _absorb(event: bytes, state: StreamState) -> bool:
                 delta = choice.get("delta") or {}
                 if isinstance(delta.get("content"), str):
                     state.text.append(delta["content"])
+                if delta.get("tool_calls") is not None:
+                    state.tool_calls.add(delta["tool_calls"])
         except (ValueError, TypeError, AttributeError):
             raise TierFailure("malformed", "malformed stream chunk", 502) from None
         state.chunks.append(payload)

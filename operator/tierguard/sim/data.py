@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..outcomes import Outcomes, prompt_key
+from ..outcomes import ModelOutcome, OutcomeRecord, Outcomes, conversation_key, prompt_key
 
 # Whitespace-prefixed words or single punctuation characters; trailing whitespace is its own
 # token. Concatenating the tokens gives back the text exactly.
@@ -132,6 +132,10 @@ class Reply:
     recorded: bool
     conf_logprob: float
     top_logprobs: list[tuple[str, float]] | None = None
+    # A tool-call answer: (name, arguments) per call; ``tokens`` are then the arguments' tokens,
+    # call k owning tokens[call_starts[k]:call_starts[k + 1]].
+    tool_calls: list[tuple[str, str]] | None = None
+    call_starts: list[int] = field(default_factory=list)
     text_json: str = field(init=False, default="")
     _entries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     _logprobs_json: dict[int, str] = field(default_factory=dict)
@@ -174,7 +178,11 @@ class Reply:
         """
         cached = self._stream_parts.get(top_k)
         if cached is None:
-            tokens = [_compact({"content": t}) for t in self.tokens]
+            tokens = (
+                [_compact(d) for d in self.tool_call_deltas()]
+                if self.tool_calls is not None
+                else [_compact({"content": t}) for t in self.tokens]
+            )
             if top_k is None:
                 cached = [f'"delta":{t},"logprobs":null' for t in tokens]
             else:
@@ -186,6 +194,51 @@ class Reply:
             self._stream_parts[top_k] = cached
         return cached
 
+    def call_of_token(self, i: int) -> int:
+        """The index of the tool call that token ``i`` belongs to."""
+        k = 0
+        while k + 1 < len(self.call_starts) and self.call_starts[k + 1] <= i:
+            k += 1
+        return k
+
+    def tool_call_deltas(self) -> list[dict[str, Any]]:
+        """Per token, the stream ``delta`` of a tool-call answer: a call's first token carries its
+        id, type and name (as OpenAI's first chunk of a call does), the others an arguments piece."""
+        assert self.tool_calls is not None
+        out: list[dict[str, Any]] = []
+        for i, tok in enumerate(self.tokens):
+            k = self.call_of_token(i)
+            piece: dict[str, Any] = {"index": k, "function": {"arguments": tok}}
+            if i == self.call_starts[k]:
+                piece = {
+                    "index": k,
+                    "id": call_id(self.text, k),
+                    "type": "function",
+                    "function": {"name": self.tool_calls[k][0], "arguments": tok},
+                }
+            out.append({"tool_calls": [piece]})
+        return out
+
+    def message_tool_calls(self, n_tokens: int | None = None) -> list[dict[str, Any]]:
+        """``message.tool_calls`` of a whole answer (or of its first ``n_tokens`` tokens)."""
+        assert self.tool_calls is not None
+        limit = len(self.tokens) if n_tokens is None else n_tokens
+        out = []
+        for k, (name, _args) in enumerate(self.tool_calls):
+            start = self.call_starts[k]
+            if start >= limit and k > 0:
+                break
+            end = self.call_starts[k + 1] if k + 1 < len(self.call_starts) else len(self.tokens)
+            args = "".join(self.tokens[start : min(end, limit)])
+            out.append(
+                {
+                    "id": call_id(self.text, k),
+                    "type": "function",
+                    "function": {"name": name, "arguments": args},
+                }
+            )
+        return out
+
     def verification(self) -> Reply:
         """The one-token reply to "is your answer correct?": "Y" if p >= 0.5 else "N"."""
         if self._verification is None:
@@ -193,6 +246,37 @@ class Reply:
                 self.conf_logprob, self.tokens_in, self.latency_ms, recorded=self.recorded
             )
         return self._verification
+
+
+def call_id(text: str, k: int) -> str:
+    """A stable tool-call id (same answer, same ids, in every process)."""
+    return "call_" + hashlib.sha256(f"{k}\x00{text}".encode()).hexdigest()[:24]
+
+
+def outcome_reply(rec: OutcomeRecord, o: ModelOutcome, default_latency: float) -> Reply:
+    """The prepared reply of one recorded outcome (text or tool calls)."""
+    tokens_in = (
+        o.tokens_in if o.tokens_in is not None else estimate_tokens(rec.system_prompt or "", rec.user_prompt)
+    )
+    latency = o.latency_ms if o.latency_ms is not None else default_latency
+    if o.tool_calls:
+        return make_reply(
+            "",
+            o.conf_logprob,
+            calls=[(c.name, c.arguments) for c in o.tool_calls],
+            tokens_in=tokens_in,
+            tokens_out=o.tokens_out,
+            latency_ms=latency,
+            recorded=True,
+        )
+    return make_reply(
+        o.answer,
+        o.conf_logprob,
+        tokens_in=tokens_in,
+        tokens_out=o.tokens_out,
+        latency_ms=latency,
+        recorded=True,
+    )
 
 
 def verification_reply(conf_logprob: float, tokens_in: int, latency_ms: float, *, recorded: bool) -> Reply:
@@ -221,9 +305,20 @@ def make_reply(
     tokens_out: int | None,
     latency_ms: float,
     recorded: bool,
+    calls: Sequence[tuple[str, str]] | None = None,
 ) -> Reply:
+    """A prepared answer: ``text``, or with ``calls`` a tool-call answer whose tokens are the
+    calls' argument tokens (at least one per call)."""
     lp = NULL_CONF_LOGPROB if conf_logprob is None else conf_logprob
-    tokens = tokenize(text)
+    starts: list[int] = []
+    if calls is None:
+        tokens = tokenize(text)
+    else:
+        tokens = []
+        for _name, args in calls:
+            starts.append(len(tokens))
+            tokens += tokenize(args) or [args]
+        text = _compact([[n, a] for n, a in calls])  # identifies the answer (ids derive from it)
     return Reply(
         text=text,
         tokens=tokens,
@@ -233,6 +328,8 @@ def make_reply(
         latency_ms=latency_ms,
         recorded=recorded,
         conf_logprob=lp,
+        tool_calls=None if calls is None else list(calls),
+        call_starts=starts,
     )
 
 
@@ -263,7 +360,8 @@ def unknown_reply(system: str, user: str, default_latency_ms: float) -> Reply:
 
 @dataclass
 class SimData:
-    """The replies of one model, by prompt key (system + user, and user alone)."""
+    """The replies of one model, by prompt key (system + user, and user alone), and, for rows
+    that record a whole conversation (``messages``), by :func:`conversation_key`."""
 
     model: str
     path: str
@@ -271,10 +369,28 @@ class SimData:
     by_user: dict[str, Reply]
     default_latency_ms: float
     duplicates: int = 0
+    by_conversation: dict[str, Reply] = field(default_factory=dict)
 
     @property
     def prompts(self) -> int:
-        return len(self.by_key)
+        return len(self.by_key) + len(self.by_conversation)
+
+    def lookup_conversation(self, messages: Sequence[Any]) -> tuple[Reply, bool] | None:
+        """A recorded conversation turn: (reply, False) for the conversation itself, or
+        (reply, True) when ``messages`` is a recorded conversation followed by a verification
+        question (a final user turn, after the proposed answer as an assistant turn or not)."""
+        if not self.by_conversation:
+            return None
+        reply = self.by_conversation.get(conversation_key(messages))
+        if reply is not None:
+            return reply, False
+        if len(messages) < 2 or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+            return None
+        head = list(messages[:-1])
+        reply = self.by_conversation.get(conversation_key(head))
+        if reply is None and isinstance(head[-1], dict) and head[-1].get("role") == "assistant":
+            reply = self.by_conversation.get(conversation_key(head[:-1]))
+        return None if reply is None else (reply, True)
 
     def lookup(self, system: str, user: str) -> Reply | None:
         reply = self.by_key.get(prompt_key(system or None, user))
@@ -293,27 +409,24 @@ class SimData:
         ]
         default_latency = statistics.median(latencies) if latencies else FALLBACK_LATENCY_MS
         duplicates = 0
+        by_conversation: dict[str, Reply] = {}
         for rec in outcomes.records:
             o = rec.models.get(model)
             if o is None:
+                continue
+            if rec.messages is not None:
+                ckey = conversation_key(rec.messages)
+                if ckey in by_conversation:
+                    duplicates += 1
+                else:
+                    by_conversation[ckey] = outcome_reply(rec, o, default_latency)
                 continue
             key = prompt_key(rec.system_prompt, rec.user_prompt)
             if key in by_key:
                 duplicates += 1
                 continue
-            reply = make_reply(
-                o.answer,
-                o.conf_logprob,
-                tokens_in=(
-                    o.tokens_in
-                    if o.tokens_in is not None
-                    else estimate_tokens(rec.system_prompt or "", rec.user_prompt)
-                ),
-                tokens_out=o.tokens_out,
-                latency_ms=o.latency_ms if o.latency_ms is not None else default_latency,
-                recorded=True,
-            )
+            reply = outcome_reply(rec, o, default_latency)
             reply.logprobs_json(0)  # the common case (logprobs without alternatives), ready to send
             by_key[key] = reply
             by_user.setdefault(prompt_key(None, rec.user_prompt), reply)
-        return cls(model, outcomes.path, by_key, by_user, default_latency, duplicates)
+        return cls(model, outcomes.path, by_key, by_user, default_latency, duplicates, by_conversation)

@@ -72,6 +72,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="streaming: share of the latency before the first token (default 0.3)",
     )
     parser.add_argument(
+        "--tool-call-logprobs",
+        action="store_true",
+        help="serve logprobs for tool-call tokens as vLLM does (OpenAI returns none; default off)",
+    )
+    parser.add_argument(
         "--api-key-env",
         default=None,
         metavar="VAR",
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise UserError(f"--api-key-env: the environment variable {args.api_key_env} is not set")
-    sim = Simulator(data, faults, args.seed, api_key)
+    sim = Simulator(data, faults, args.seed, api_key, tool_call_logprobs=args.tool_call_logprobs)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..agent_requests import json_type_name as _type_name
 from .data import Reply, SimData, estimate_tokens, unknown_reply
 
 log = logging.getLogger("tierguard.sim")
@@ -158,20 +159,7 @@ class ChatRequest:
     logprobs: bool
     top_logprobs: int
     max_tokens: int | None
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    return "an object"
+    messages: list[Any]
 
 
 def _text(content: Any, param: str) -> str:
@@ -360,6 +348,7 @@ def parse_request(body: Any, model: str) -> ChatRequest:
         logprobs=logprobs,
         top_logprobs=top or 0,
         max_tokens=max_tokens,
+        messages=messages,
     )
 
 
@@ -398,10 +387,18 @@ def injected_error(status: int, retry_after_s: float = 0.0) -> web.Response:
 
 class Simulator:
     def __init__(
-        self, data: SimData, faults: Faults | None = None, seed: int | None = None, api_key: str | None = None
+        self,
+        data: SimData,
+        faults: Faults | None = None,
+        seed: int | None = None,
+        api_key: str | None = None,
+        *,
+        tool_call_logprobs: bool = False,
     ) -> None:
         self.data = data
         self.api_key = api_key  # when set, chat requests need "Authorization: Bearer <it>"
+        # Serve logprobs for tool-call tokens (as vLLM does); OpenAI returns none for them.
+        self.tool_call_logprobs = tool_call_logprobs
         self.model = data.model
         self.model_json = _dumps(data.model)
         self.faults = faults or Faults()
@@ -533,14 +530,23 @@ class Simulator:
                 stats.count("bad_request")
             return error_response(err.status, err.message, param=err.param, code=err.code)
 
-        reply = self.data.lookup(req.system, req.user)
-        if reply is None:
-            stats.unknown_prompts += 1
-            reply = unknown_reply(req.system, req.user, self.data.default_latency_ms)
-        else:
+        verify = req.verify
+        found = self.data.lookup_conversation(req.messages)
+        if found is not None:
+            reply, verify = found
             stats.recorded += 1
+        else:
+            looked_up = self.data.lookup(req.system, req.user)
+            if looked_up is None:
+                stats.unknown_prompts += 1
+                reply = unknown_reply(req.system, req.user, self.data.default_latency_ms)
+            else:
+                reply = looked_up
+                stats.recorded += 1
+        if reply.tool_calls is not None and not verify:
+            stats.count("tool_call")
         prompt_tokens = reply.tokens_in
-        if req.verify:
+        if verify:
             stats.self_eval += 1
             stats.count("self_eval")
             prompt_tokens += estimate_tokens(*req.after_first_user)
@@ -588,25 +594,40 @@ class Simulator:
     def _completion(self, req: ChatRequest, reply: Reply, prompt_tokens: int) -> str:
         n = len(reply.tokens)
         top = req.top_logprobs
+        calls = reply.tool_calls is not None
+        want_logprobs = req.logprobs and (self.tool_call_logprobs or not calls)
         if req.max_tokens is not None and req.max_tokens < n:
+            cut: int | None = req.max_tokens
             content_json = _dumps("".join(reply.tokens[: req.max_tokens]))
             finish = "length"
             completion_tokens = req.max_tokens
             logprobs = (
                 _dumps({"content": reply.entries(top)[: req.max_tokens], "refusal": None})
-                if req.logprobs
+                if want_logprobs
                 else "null"
             )
         else:
+            cut = None
             content_json = reply.text_json
-            finish = "stop"
+            finish = "tool_calls" if calls else "stop"
             completion_tokens = reply.tokens_out
-            logprobs = reply.logprobs_json(top) if req.logprobs else "null"
+            logprobs = reply.logprobs_json(top) if want_logprobs else "null"
+        if calls:
+            message = _dumps(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": reply.message_tool_calls(cut),
+                    "refusal": None,
+                }
+            )
+        else:
+            message = f'{{"role":"assistant","content":{content_json},"refusal":null}}'
         usage = _usage(prompt_tokens, completion_tokens)
         return (
             f'{{"id":"{self._new_id()}","object":"chat.completion","created":{int(time.time())},'
             f'"model":{self.model_json},"system_fingerprint":"{FINGERPRINT}","choices":[{{"index":0,'
-            f'"message":{{"role":"assistant","content":{content_json},"refusal":null}},'
+            f'"message":{message},'
             f'"logprobs":{logprobs},"finish_reason":"{finish}"}}],"usage":{usage}}}'
         )
 
@@ -624,8 +645,10 @@ class Simulator:
         one), as a crashed model server or a broken network path would."""
         stats = self.stats
         tokens = reply.tokens
-        parts = reply.stream_parts(req.top_logprobs if req.logprobs else None)
-        finish = "stop"
+        calls = reply.tool_calls is not None
+        want_logprobs = req.logprobs and (self.tool_call_logprobs or not calls)
+        parts = reply.stream_parts(req.top_logprobs if want_logprobs else None)
+        finish = "tool_calls" if calls else "stop"
         completion_tokens = reply.tokens_out
         if req.max_tokens is not None and req.max_tokens < len(tokens):
             tokens = tokens[: req.max_tokens]
@@ -653,7 +676,9 @@ class Simulator:
         queued = 0  # tokens in ``pending``, not yet written
         pending: list[str] = [
             head
-            + '{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+            + '{"index":0,"delta":{"role":"assistant","content":'
+            + ("null" if calls else '""')
+            + ',"refusal":null},'
             + '"logprobs":null,"finish_reason":null}]'
             + tail
         ]
