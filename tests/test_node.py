@@ -62,7 +62,7 @@ def test_a_pod_from_the_built_image_runs_and_its_service_routes(node_cluster: No
 
     def ready() -> dict[str, Any] | None:
         _, p = node.request("GET", f"/api/v1/namespaces/{NS}/pods/web")
-        conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+        conds = {c["type"]: c["status"] for c in (p["status"].get("conditions") or [])}
         return p if conds.get("Ready") == "True" else None
 
     p = until(ready, 90, "the pod Ready", lambda: node.kubectl("describe", "pod", "-n", NS, "web").stdout)

@@ -117,7 +117,7 @@ def install_crds(cluster: KubeCluster) -> list[str]:
     def established() -> bool:
         for name in names:
             crd = get(cluster, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conds = {c["type"]: c["status"] for c in (crd or {}).get("status", {}).get("conditions", [])}
+            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
             if conds.get("Established") != "True":
                 return False
         return True
@@ -272,7 +272,7 @@ def status_of(cluster: KubeCluster, ns: str, name: str) -> dict[str, Any]:
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+    return next((c for c in (status.get("conditions") or []) if c["type"] == type_), {})
 
 
 def observed(cluster: KubeCluster, ns: str, name: str) -> dict[str, Any] | None:
@@ -706,7 +706,8 @@ def test_invalid_policy_is_ready_false_and_touches_nothing(env: Env) -> None:
     env.create(slo_manifest("not-there", env.ns))
     st = env.wait_status("needs-slo", lambda s: s.get("phase") == "Progressing", "the rollout to start")
     assert st["canaryWeight"] == 5
-    assert config_of(env.cluster, env.ns, "needs-slo") is not None
+    # the children follow the status write of the same tick
+    until(lambda: config_of(env.cluster, env.ns, "needs-slo") is not None, 30, "the proxy ConfigMap")
 
     # an SLO objective naming a tier the cascade does not have
     env.create(

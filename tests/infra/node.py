@@ -476,7 +476,7 @@ state = "{d / "state"}"
                 if r.status != 200:
                     return False
             _, node = self.cluster.request("GET", f"/api/v1/nodes/{NODE_NAME}")  # type: ignore[union-attr]
-            conds = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            conds = {c["type"]: c["status"] for c in (node["status"].get("conditions") or [])}
             return conds.get("Ready") == "True"
 
         self._wait(self.kubelet, ready, "the node")

@@ -210,7 +210,8 @@ class Demo:
                 crd = get_or_none(
                     self.cluster, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
                 )
-                conds = {c["type"]: c["status"] for c in (crd or {}).get("status", {}).get("conditions", [])}
+                status = (crd or {}).get("status") or {}
+                conds = {c["type"]: c["status"] for c in status.get("conditions") or []}
                 if conds.get("Established") != "True":
                     return False
             return get_or_none(self.cluster, GROUP) is not None

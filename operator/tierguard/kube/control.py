@@ -199,7 +199,8 @@ def format_table(objs: list[dict[str, Any]]) -> str:
     rows = [["NAME", "PHASE", "WEIGHT", "STEP", "STABLE", "CANARY", "READY", "AGE"]]
     for o in objs:
         st = o.get("status") or {}
-        ready: dict[str, Any] = next((c for c in st.get("conditions", []) if c.get("type") == "Ready"), {})
+        conditions = st.get("conditions") or []
+        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         rows.append(
             [
                 o["metadata"]["name"],

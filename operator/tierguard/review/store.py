@@ -398,7 +398,7 @@ class SQLiteStore(Store):
         if self._conn is None:
             try:
                 conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
+                _set_wal(conn, deadline=time.monotonic() + 10.0)
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as err:
@@ -422,6 +422,19 @@ class SQLiteStore(Store):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _set_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    """Switch a connection to WAL. On a new file the switch needs an exclusive lock and SQLite
+    answers "database is locked" at once (no busy wait) while another replica holds it: retry."""
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 MIGRATION_LOCK = 0x74677276  # "tgrv": the advisory lock id migrations hold
