@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..policy import ProxyConfig
-from ..review.outcome_events import Decided, IdRejected
+from ..review.outcome_events import Decided
 from ..review.plugin import ReviewPlugin
 from .auth import authorized, load_client_keys
 from .conversations import ConversationAffinity, conversation_key
@@ -182,11 +182,9 @@ class ProxyApp:
         return rt
 
     def _verify_id(self, response_id: object) -> Decided:
-        """A response id this policy's proxies signed (for outcome events)."""
-        try:
-            return self.signer.verify(response_id)
-        except InvalidId as err:
-            raise IdRejected(err.reason) from None
+        """A response id this policy's proxies signed (for outcome events; the signer changes on a
+        key rotation, so it is looked up per call). Raises InvalidId, an IdRejected."""
+        return self.signer.verify(response_id)
 
     # --- simple endpoints ----------------------------------------------------------------------
 

@@ -21,18 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..policy import SecretSource
+from ..review.outcome_events import IdRejected
 
 PREFIX = "chatcmpl-tg1."
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 KEY_ENV = "TIERGUARD_FEEDBACK_KEY"
 
 
-class InvalidId(ValueError):
-    """The id was not issued by a proxy holding this key (``reason``: malformed or bad_signature)."""
+class InvalidId(IdRejected, ValueError):
+    """The id was not issued by a proxy holding this key (``reason``: malformed or bad_signature).
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    An :class:`IdRejected`, so the outcome endpoint takes the signer's verify as it is."""
 
 
 @dataclass(frozen=True, slots=True)
