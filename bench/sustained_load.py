@@ -6,7 +6,8 @@
    minute: requests, p50/p99, 5xx; every 2 s the proxy's RSS. The mix: the synthetic support
    workload (``tierguard demo --write-data``, two simulated tiers; the cheap one's threshold makes
    part of the traffic escalate), 30% streaming (early abort on), 5% followed by a feedback
-   POST, shadow scoring on 5% of accepted answers, sticky users, the decision log to a file.
+   POST and 2% by an outcome event, shadow scoring on 5% of accepted answers, review sampling
+   (rate 0.01, redaction on) into a SQLite review store, sticky users, the decision log to a file.
 
 Reports zero-5xx, memory growth after warm-up, p99 per minute, and writes a memory/p99 plot (SVG).
 A benchmark, not a test: it asserts nothing; results go to BENCHMARKS.md.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -45,7 +47,8 @@ from benchlib import (
 )
 
 CHEAP, CAPABLE = "support-mini", "support-large"
-STREAM_SHARE, FEEDBACK_SHARE, SHADOW_RATE = 0.3, 0.05, 0.05
+STREAM_SHARE, FEEDBACK_SHARE, OUTCOME_SHARE, SHADOW_RATE = 0.3, 0.05, 0.02, 0.05
+REVIEW_RATE = 0.01
 
 
 @dataclass
@@ -61,12 +64,13 @@ class Sample:
 class Phase:
     samples: list[Sample] = field(default_factory=list)
     feedback: list[int] = field(default_factory=list)  # statuses
+    outcomes: list[int] = field(default_factory=list)  # statuses of outcome-event POSTs
     transport_errors: int = 0
     transport_kinds: dict[str, int] = field(default_factory=dict)  # exception class -> count
     late: int = 0  # arrivals that found every in-flight slot taken (open loop kept up?)
 
 
-def write_policy(path: Path, cheap_url: str, capable_url: str) -> None:
+def write_policy(path: Path, cheap_url: str, capable_url: str, review_store: str) -> None:
     spec = {
         "tiers": [
             {"name": "mini", "baseUrl": cheap_url, "model": CHEAP, "timeoutSeconds": 30,
@@ -74,7 +78,8 @@ def write_policy(path: Path, cheap_url: str, capable_url: str) -> None:
             {"name": "large", "baseUrl": capable_url, "model": CAPABLE, "timeoutSeconds": 30},
         ],
         "confidence": {"method": "logprob", "aggregate": "quantile", "quantile": 0.1, "earlyAbort": True},
-        "proxy": {"shadowRate": SHADOW_RATE, "feedbackKey": {"env": "TIERGUARD_FEEDBACK_KEY"}},
+        "proxy": {"shadowRate": SHADOW_RATE, "feedbackKey": {"env": "TIERGUARD_FEEDBACK_KEY"},
+                  "review": {"rate": REVIEW_RATE, "store": review_store, "redact": True}},
     }  # fmt: skip
     manifest = {"apiVersion": "tierguard.io/v1alpha1", "kind": "CascadePolicy",
                 "metadata": {"name": "sustained", "namespace": "bench"}, "spec": spec}  # fmt: skip
@@ -114,6 +119,7 @@ class Load:
     async def one(self, session: aiohttp.ClientSession, phase: Phase, t0: float) -> None:
         stream = self.rng.random() < STREAM_SHARE
         feedback = self.rng.random() < FEEDBACK_SHARE
+        outcome = not feedback and self.rng.random() < OUTCOME_SHARE
         body = {"model": "sustained", "messages": self.rng.choice(self.prompts),
                 "user": f"user-{self.rng.randrange(5000)}", "stream": stream}  # fmt: skip
         start = time.perf_counter()
@@ -149,6 +155,14 @@ class Load:
                 ) as resp:
                     await resp.read()
                     phase.feedback.append(resp.status)
+            except (aiohttp.ClientError, TimeoutError):
+                phase.transport_errors += 1
+        if outcome and response_id:
+            events = [{"id": response_id, "event": "rating", "value": self.rng.randint(1, 5)}]
+            try:
+                async with session.post(f"{self.base}/v1/outcomes", json={"events": events}) as resp:
+                    await resp.read()
+                    phase.outcomes.append(resp.status)
             except (aiohttp.ClientError, TimeoutError):
                 phase.transport_errors += 1
 
@@ -287,6 +301,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.8, help="share of saturation offered (default 0.8)")
     p.add_argument("--rows", type=int, default=2000, help="synthetic workload rows")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--pin", action="store_true",
+                   help="proxy on CPU 1; simulators and this load generator on CPU 0")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--svg-out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -305,13 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError(f"tierguard demo --write-data failed (logs in {logs})")
     procs: list[Proc] = []
     try:
-        cheap, cheap_url = start_sim(data, CHEAP, log_dir=logs, cpus=None)
-        capable, capable_url = start_sim(data, CAPABLE, log_dir=logs, cpus=None)
+        side, own = ("0", "1") if args.pin else (None, None)
+        if args.pin:
+            os.sched_setaffinity(0, {0})
+        cheap, cheap_url = start_sim(data, CHEAP, log_dir=logs, cpus=side)
+        capable, capable_url = start_sim(data, CAPABLE, log_dir=logs, cpus=side)
         procs += [cheap, capable]
         policy = logs / "policy.yaml"
-        write_policy(policy, cheap_url, capable_url)
+        write_policy(policy, cheap_url, capable_url, f"sqlite:{logs / 'review.db'}")
         proxy, base = start_tierguard(
-            policy, log_dir=logs, cpus=None, decision_log=str(logs / "decisions.jsonl")
+            policy, log_dir=logs, cpus=own, decision_log=str(logs / "decisions.jsonl")
         )
         procs.append(proxy)
         load = Load(base, load_prompts(data), args.seed)
@@ -346,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "mix": {
             "stream": STREAM_SHARE,
             "feedback": FEEDBACK_SHARE,
+            "outcome_events": OUTCOME_SHARE,
+            "review_rate": REVIEW_RATE,
             "shadow_rate": SHADOW_RATE,
             "workload": f"tierguard demo --write-data --rows {args.rows}",
         },
@@ -362,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "transport_error_kinds": phase.transport_kinds,
         "late_arrivals": phase.late,
         "feedback": {str(s): phase.feedback.count(s) for s in sorted(set(phase.feedback))},
+        "outcomes": {str(s): phase.outcomes.count(s) for s in sorted(set(phase.outcomes))},
         "streams": sum(1 for x in phase.samples if x.stream),
         "rss_mib": {"after_warmup": base_rss / 1024, "end": end_rss / 1024, "peak": peak_rss / 1024},
         "memory_growth_after_warmup": (end_rss - base_rss) / base_rss if base_rss else float("nan"),
