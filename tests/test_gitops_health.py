@@ -29,6 +29,7 @@ from test_operator_k8s import (
     Metrics,
     _reconciler,
     condition,
+    events_of,
     get,
     install_chart_rbac,
     merge_patch,
@@ -157,7 +158,7 @@ def objects(kube_cluster: KubeCluster) -> Iterator[dict[str, dict[str, Any]]]:
     kube_cluster.create(slos_path(NS), slo_manifest("not-there-yet", NS))
     tick("fixed", "invalid")
     metrics.samples = 3.0  # too few samples: holds, until the deadline passes
-    for _ in range(4):
+    for _ in range(7):  # stalled from the 4th on
         tick("stalled")
     metrics.samples = 500.0
     rec.reconcile(NS, "fixed", analyse=False)
@@ -169,6 +170,14 @@ def objects(kube_cluster: KubeCluster) -> Iterator[dict[str, dict[str, Any]]]:
                             policy_manifest("x", NS)["spec"]["tiers"][1]]}},
     )  # fmt: skip
     yield {name: get(kube_cluster, policies_path(NS, name)) for name in EXPECTED}
+
+
+def test_a_stalled_rollout_warns_once_and_does_not_repeat_its_hold_events(
+    kube_cluster: KubeCluster, objects: dict[str, dict[str, Any]]
+) -> None:
+    reasons = [e["reason"] for e in events_of(kube_cluster, NS, objects["stalled"]["metadata"]["uid"])]
+    assert reasons.count("ProgressDeadlineExceeded") == 1, reasons
+    assert reasons.count("HoldTooFewSamples") == 1, reasons
 
 
 def test_the_phases_the_objects_are_in(objects: dict[str, dict[str, Any]]) -> None:

@@ -515,7 +515,9 @@ def _transition_events(
                 out.append(("Warning", "CheckFailed", decision.message))
             else:
                 before = cond.get_condition(old.conditions, cond.PROGRESSING)
-                if before is None or before.reason != decision.reason:
+                # once stalled, Progressing's reason is ProgressDeadlineExceeded: no Hold Event per tick
+                stalled_before = decision.stalled and cond.is_true(old.conditions, cond.DEGRADED)
+                if not stalled_before and (before is None or before.reason != decision.reason):
                     out.append(("Normal", f"Hold{decision.reason}", decision.message))
             if decision.stalled and not cond.is_true(old.conditions, cond.DEGRADED):
                 out.append(("Warning", "ProgressDeadlineExceeded", decision.message))
