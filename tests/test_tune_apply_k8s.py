@@ -206,6 +206,9 @@ def test_tune_apply_writes_a_revision_the_operator_holds_for_approval(tenv: Tune
     assert config.canary.cascade.tiers[0].confidence.threshold == 0.65
     reasons = [e["reason"] for e in events_of(c, NS, obj["metadata"]["uid"])]
     assert "AwaitingApproval" in reasons and "NewRevision" in reasons
+    res = tierguard("status", NAME, "-n", NS, kubeconfig=c.kubeconfig)  # what a person approves
+    assert "phase:          Paused" in res.stdout, res.stdout
+    assert f"revision {revision}" in res.stdout and "small 0.6 -> 0.65 (approval manual)" in res.stdout
     time.sleep(3)  # several analysis intervals: it stays where it is
     st = status_of(c, NS, NAME)
     assert (st["phase"], st["canaryWeight"]) == ("Paused", 5)
