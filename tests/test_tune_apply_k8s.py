@@ -176,6 +176,12 @@ def test_tune_apply_writes_a_revision_the_operator_holds_for_approval(tenv: Tune
     obj = tenv.obj()
     assert obj["metadata"]["generation"] == generation and _threshold(obj) == 0.6
     assert TUNED_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+    # the same through a manifest naming the policy (--policy FILE): the cluster's object is tuned
+    manifest = tenv.tmp / "shop.yaml"
+    manifest.write_text(json.dumps({"kind": "CascadePolicy", "metadata": {"name": NAME, "namespace": NS}}))
+    res = tierguard("tune", "--store", sqlite, "--policy", str(manifest), "--dry-run", "--max-accuracy-drop",
+                    "0.1", kubeconfig=sa)  # fmt: skip
+    assert res.returncode == 0 and "+      threshold: 0.65\n" in res.stdout, res.stdout + res.stderr
 
     res = tierguard(*common, "--apply", kubeconfig=sa)
     assert res.returncode == 0, res.stderr
