@@ -463,6 +463,10 @@ class _RecordingApi:
         self.applied += 1
         return obj
 
+    def get(self, path: str) -> dict[str, Any]:
+        assert "/pods?labelSelector=app.kubernetes.io" in path, path
+        return {"items": []}  # no proxy pods to annotate
+
     def merge_patch(self, path: str, patch: dict[str, Any]) -> Any:
         # only the suspension of a tune CronJob that was never there (no spec.autoTune)
         raise KubeError("PATCH", path, 404, "NotFound")
