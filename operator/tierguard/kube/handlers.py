@@ -399,8 +399,6 @@ class Reconciler:
         key = (owner["metadata"]["namespace"], owner["metadata"]["name"])
         kids = render.children(owner, spec, config, with_service_monitor=self.service_monitors_supported())
         kids += autotune.children(owner, spec)
-        if spec.auto_tune is None:
-            self._suspend_tune(owner)
         for child in kids:
             fingerprint = _fingerprint(child)
             last = self._last_applied(key, child["kind"])
@@ -414,6 +412,8 @@ class Reconciler:
             self._record_applied(key, child["kind"], fingerprint)
             if child["kind"] == "ConfigMap":
                 self._nudge_proxy_pods(key, config.config_hash())
+        if spec.auto_tune is None:  # after the proxies' children: they are the critical path
+            self._suspend_tune(owner)
 
     def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
         """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
