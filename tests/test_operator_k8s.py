@@ -649,10 +649,22 @@ def test_spec_changes_make_new_revisions_only_when_the_cascade_changes(env: Env)
     ).name
     assert new["canaryRevision"] == expected != stable
     assert new["stableRevision"] == stable and new["canaryWeight"] == 5 and new["currentStep"] == 0
-    config = config_of(env.cluster, env.ns, "chat")
-    assert config is not None and config.stable.name == stable and config.canary is not None
-    new_revision_events = [e for e in events_of(env.cluster, env.ns, uid) if e["reason"] == "NewRevision"]
-    assert any(expected in e["message"] for e in new_revision_events)
+    # the ConfigMap and the Event follow the status write (children, pod nudge, then events)
+    config = until(
+        lambda: (c := config_of(env.cluster, env.ns, "chat")) is not None and c.canary is not None and c,
+        10,
+        "the ConfigMap with the canary",
+        env.operator.tail,
+    )
+    assert config.stable.name == stable
+    until(
+        lambda: any(
+            e["reason"] == "NewRevision" and expected in e["message"] for e in events_of(env.cluster, env.ns, uid)
+        ),
+        10,
+        "the NewRevision event",
+        env.operator.tail,
+    )
 
 
 def test_risky_policy_is_flagged_then_cleared(env: Env) -> None:

@@ -67,6 +67,17 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
+# spec.autoTune: a CronJob running `tierguard tune --apply`, and the identity it runs as (a Role
+# allowing get/patch on its own policy only: RBAC lets the operator grant what it holds itself).
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch"]
 {{- end -}}
 
 

@@ -40,6 +40,7 @@ import kopf
 from .. import API_GROUP, API_VERSION
 from ..policy import CascadePolicySpec, ProxyConfig, QualitySLOSpec, Revision
 from ..rollout import conditions as cond
+from ..rollout.approval import TUNED_ANNOTATION, TunedRecord, awaits_approval, gated_rollout
 from ..rollout.decide import (
     Decision,
     Hold,
@@ -58,7 +59,7 @@ from ..rollout.decide import (
 from ..rollout.observations import Observations
 from ..rollout.risks import flag_risks, risk_event
 from ..rollout.status import PolicyStatus, StatusError, parse_status
-from . import render
+from . import autotune, render
 from .client import (
     ACTION_ANNOTATION,
     PLURAL_POLICIES,
@@ -84,6 +85,7 @@ COMPONENT = "tierguard-operator"
 MAX_IDLE_SECONDS = 60.0  # a daemon re-reconciles at least this often (drift repair, deadlines)
 RETRY_SECONDS = 2.0
 RESYNC_SECONDS = 600.0  # children are applied again at least this often (repairs hand edits)
+SUSPENDED = "suspended"  # the fingerprint recorded for a tune CronJob suspended (or never there)
 
 
 class Observer(Protocol):
@@ -296,9 +298,15 @@ class Reconciler:
             events.append(risk)
         status = flagged
 
-        # -- a new revision (idempotent when the cascade did not change)
+        # -- a new revision (idempotent when the cascade did not change); one that `tierguard tune`
+        # wrote with manual approval waits at its first step for a person
         revision = Revision.of(spec.cascade())
-        status = start_rollout(status, revision, now, spec.rollout, generation)
+        tuned = TunedRecord.parse((meta.get("annotations") or {}).get(TUNED_ANNOTATION))
+        rollout = gated_rollout(spec.rollout, tuned, revision.name)
+        before = status.canary_revision
+        status = start_rollout(status, revision, now, rollout, generation)
+        if status.canary_revision != before and tuned is not None and awaits_approval(tuned, revision.name):
+            events.append(("Normal", "AwaitingApproval", approval_message(name, tuned, status.canary_weight)))
 
         # -- a manual action
         raw_action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
@@ -320,7 +328,7 @@ class Reconciler:
                     manual = apply_manual(
                         action,  # type: ignore[arg-type]
                         status,
-                        spec.rollout,
+                        rollout,
                         now,
                         full=full,
                         token=raw_action,
@@ -334,11 +342,11 @@ class Reconciler:
 
         # -- observe + decide
         obs: Observations | None = None
-        if analyse and needs_observations(spec.rollout, status, now):
+        if analyse and needs_observations(rollout, status, now):
             obs = self.observer(
                 policy=name, namespace=namespace, spec=spec, status=status, slos=checked.slos, now=now
             )
-        decision = decide(spec.rollout, status, obs, now)
+        decision = decide(rollout, status, obs, now)
         status = next_status(status, decision, now, generation)
         result.decision = decision
         if status.observed_generation != generation:
@@ -356,7 +364,7 @@ class Reconciler:
         self._post_events(obj, events)
 
         result.status = status
-        result.next_due = analysis_due_at(spec.rollout, status)
+        result.next_due = analysis_due_at(rollout, status)
         return result
 
     # --- writes -------------------------------------------------------------------------------
@@ -390,6 +398,7 @@ class Reconciler:
     def _apply_children(self, owner: dict[str, Any], spec: CascadePolicySpec, config: ProxyConfig) -> None:
         key = (owner["metadata"]["namespace"], owner["metadata"]["name"])
         kids = render.children(owner, spec, config, with_service_monitor=self.service_monitors_supported())
+        kids += autotune.children(owner, spec)
         for child in kids:
             fingerprint = _fingerprint(child)
             last = self._last_applied(key, child["kind"])
@@ -403,6 +412,8 @@ class Reconciler:
             self._record_applied(key, child["kind"], fingerprint)
             if child["kind"] == "ConfigMap":
                 self._nudge_proxy_pods(key, config.config_hash())
+        if spec.auto_tune is None:  # after the proxies' children: they are the critical path
+            self._suspend_tune(owner)
 
     def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
         """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
@@ -434,6 +445,21 @@ class Reconciler:
                 if not err.not_found:
                     log.warning("%s/%s: cannot annotate pod %s (%s)", namespace, policy, meta["name"], err)
 
+    def _suspend_tune(self, owner: dict[str, Any]) -> None:
+        """``spec.autoTune`` is off: suspend a CronJob a previous spec may have left (the operator
+        cannot delete). Once per policy and operator run; a missing CronJob is the usual answer."""
+        meta = owner["metadata"]
+        key = (meta["namespace"], meta["name"])
+        last = self._last_applied(key, "CronJob")
+        if last is not None and last[0] == SUSPENDED:
+            return
+        try:
+            self.api.merge_patch(autotune.cron_job_path(*key), autotune.suspend_patch())
+        except KubeError as err:
+            if not err.not_found:
+                log.warning("%s/%s: cannot suspend the tune CronJob: %s", *key, err)
+        self._record_applied(key, "CronJob", SUSPENDED)
+
     def _post_events(self, obj: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
             log_fn = log.warning if type_ == "Warning" else log.info
@@ -443,6 +469,13 @@ class Reconciler:
                 self.api.request("POST", f"/api/v1/namespaces/{obj['metadata']['namespace']}/events", body)
             except KubeError as err:  # events are best effort
                 log.warning("cannot post event %s: %s", reason, err)
+
+
+def approval_message(name: str, tuned: TunedRecord, weight: int) -> str:
+    return (
+        f"revision {tuned.revision} ({tuned.summary()}) waits for approval at the first step "
+        f"(canary weight {weight}%): tierguard promote {name}, or tierguard abort {name}"
+    )
 
 
 def _fingerprint(obj: dict[str, Any]) -> str:

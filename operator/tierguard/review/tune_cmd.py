@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from ..policy import CascadePolicySpec
 from .store import StoreError, open_store
+from .tune import TierChange
+
+# The cluster path (`tune --apply`, tierguard.kube.tune) hands in the policy it read and takes the
+# result instead of a file: sink(thresholds, changes, labels read, target) -> exit code.
+Sink = Callable[[list[float], list[TierChange], int, float], int]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="sqlite:PATH or a postgresql:// URL")
-    parser.add_argument("--policy", required=True, metavar="FILE", help="the CascadePolicy to tune")
-    parser.add_argument(
-        "--out", required=True, metavar="FILE", help="where to write the tuned policy (for a Git commit)"
-    )
+    parser.add_argument("--policy", metavar="FILE", help="the CascadePolicy to tune")
+    parser.add_argument("--out", metavar="FILE", help="where to write the tuned policy (for a Git commit)")
     parser.add_argument(
         "--policy-name", default=None, help="the policy's name in the store (default: the file's)"
     )
@@ -41,12 +46,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(
+    args: argparse.Namespace,
+    source: tuple[str, CascadePolicySpec] | None = None,
+    sink: Sink | None = None,
+) -> int:
     from ..policy import load_policy_spec
     from .estimate import estimates
     from .tune import Label, tune_tier
 
-    name, spec = load_policy_spec(args.policy)
+    if source is None and not (args.policy and args.out):
+        raise UserError("give --policy FILE and --out FILE (or --policy-ref NAME with --apply or --dry-run)")
+    name, spec = source if source is not None else load_policy_spec(args.policy)
     try:
         store = open_store(args.store)
     except StoreError as err:
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         basis = f"{names[-1]} reviewed accuracy {last.accuracy:.3f} - {args.max_accuracy_drop:g}"
     thresholds = [t.confidence.threshold for t in spec.tiers]
     lines = [f"target accuracy of accepted answers: {target:.3f} ({basis})"]
+    changes: list[TierChange] = []
     for i, tier in enumerate(spec.tiers[:-1]):
         labels = [
             Label(r.item.confidence, r.label == "correct", r.item.probability)
@@ -92,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
             tier.name, labels, thresholds[i], target, max_step=args.max_step, min_labels=args.min_labels
         )
         thresholds[i] = ch.new_threshold
+        changes.append(ch)
         acc = "n/a" if ch.accuracy is None else f"{ch.accuracy:.3f} (lower bound {ch.lower_bound:.3f})"
         lines.append(
             f"{tier.name}: {ch.labels} labels, accuracy {acc}: threshold {ch.threshold:g} -> "
             f"{ch.new_threshold:g} ({ch.reason})"
         )
+    if sink is not None:
+        print("\n".join(lines), file=sys.stderr)
+        return sink(thresholds, changes, len(labelled), target)
     header = "written by tierguard tune from review labels\n" + "\n".join(lines)
     write_thresholds(args.policy, thresholds, args.out, header)
     print("\n".join(lines), file=sys.stderr)
