@@ -349,6 +349,14 @@ class ReviewSpec(Model):
         description="sqlite:PATH (one file, WAL) or a postgresql:// URL (several replicas; the "
         "password from PGPASSWORD or PGPASSFILE, e.g. through spec.proxy.env).",
     )
+    escalation_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests escalated to the capable tier whose cheaper answers are stored "
+        "next to the capable answer for `tierguard tune` (no extra model call). Default: the policy's "
+        "shadowRate, the inclusion probability tune thins every comparison to.",
+    )
     queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="Items waiting for the writer.")
     retention_days: float = Field(
         default=30.0, gt=0.0, description="Stored items and events are kept this long."
