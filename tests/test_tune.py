@@ -422,3 +422,52 @@ def test_tune_on_recorded_traffic_moves_in_bounded_certified_steps():
     t = tune(spec, recorded_traffic(test, spec, 20000, rng, tag="c"), eps=0.01, max_step=0.35)
     assert t.is_certified and t.new_thresholds[0] > losing
     assert population_gap(test, fitted, t.new_thresholds[0]) <= 0.01
+
+
+# --- what the proxy records ---------------------------------------------------------------------
+
+
+def test_comparisons_of_a_request_count_unknown_answers_as_disagreements():
+    """The proxy's comparisons (tierguard.proxy.comparisons): text answers are compared with the
+    capable tier's; a tool call refused for low confidence and an early-aborted stream have no
+    text to compare and are recorded as disagreements (an early abort just below its threshold);
+    calls escalated whatever the threshold are left out."""
+    from tierguard.cascade import Judgement
+    from tierguard.proxy.comparisons import compare_attempts
+    from tierguard.proxy.outcome import Attempt
+
+    spec = parse_policy_spec(THREE, "test")
+
+    def attempt(tier, index, reason, raw, conf, answer=None):
+        return Attempt(tier, judgement=Judgement(index, False, reason, raw, conf), answer=answer)
+
+    attempts = [
+        attempt("a", 0, "early_abort", 0.2, 0.2),
+        attempt("b", 1, "low_confidence", 0.5, 0.55, answer=" Paris "),
+        attempt("c", 2, "last_tier", None, None),
+    ]
+    rows = compare_attempts(
+        response_id="r", policy="p", revision="r1", spec=spec, attempts=attempts, answered="c",
+        served="paris", capable="paris", probability=0.5, source="escalation",
+    )  # fmt: skip
+    by = {r.tier: r for r in rows}
+    assert set(by) == {"a", "b"}
+    assert by["b"].agree and by["b"].confidence == 0.55 and by["b"].raw_confidence == 0.5
+    assert not by["a"].agree and by["a"].confidence == pytest.approx(0.8) and by["a"].confidence < 0.8
+    assert by["a"].raw_confidence is None
+    assert all(r.probability == 0.5 and r.source == "escalation" and r.answered == "c" for r in rows)
+
+    tool = [attempt("a", 0, "low_confidence", 0.6, 0.6), attempt("b", 1, "tool_call_rule", None, None)]
+    tool[1].judgement = Judgement(1, True, "accepted", 0.9, 0.9)
+    rows = compare_attempts(
+        response_id="r", policy="p", revision="r1", spec=spec, attempts=tool, answered="b",
+        served="X", capable="x", probability=0.1, source="shadow", cost_usd=0.02,
+    )  # fmt: skip
+    by = {r.tier: r for r in rows}
+    assert not by["a"].agree and by["a"].confidence == 0.6 and by["a"].cost_usd == 0.0
+    assert by["b"].agree and by["b"].cost_usd == 0.02  # the accepted answer paid for the shadow call
+    failed = [attempt("a", 0, "tier_error", None, None), attempt("b", 1, "tool_call_rule", None, None)]
+    assert compare_attempts(
+        response_id="r", policy="p", revision="r1", spec=spec, attempts=failed, answered="c",
+        served="x", capable="x", probability=1.0, source="escalation",
+    ) == []  # fmt: skip
