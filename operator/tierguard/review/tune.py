@@ -321,7 +321,7 @@ def tune(
     if unknown:
         raise TuneError(
             f"the evidence names tiers the policy has no cheaper tier for: {', '.join(unknown)} "
-            f"(policy tiers: {', '.join(tiers)})"
+            f"(policy tiers: {', '.join(tiers)}); tune the revision the evidence belongs to (--revision)"
         )
     known = [r for r in rows if 0.0 < r.probability <= 1.0]
     kept, q = thin(known)
