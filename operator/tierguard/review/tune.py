@@ -7,10 +7,12 @@ store and writes the file; a closed-loop replay can call it on simulated evidenc
 **The evidence.** A *comparison* is one cheaper tier's answer to one request next to the capable
 (last) tier's answer to the same request: from a shadow call (the capable tier re-asked after an
 accepted cheaper answer; inclusion probability = the shadow rate) or free from an escalated
-request (both answers exist; recorded with probability 1 or a configured rate). A request's
-comparisons (one per cheaper tier that answered it with a confidence) form an :class:`Evidence`
-row, with the reviewer's label of the answer the client got, if any, and whether a configured
-bad outcome event was reported for it.
+request (both answers exist; recorded at ``review.escalationRate``, by default the shadow rate).
+An answer that cannot be compared (a tool call refused for low confidence, a stream aborted early)
+is recorded as a disagreement (:mod:`tierguard.proxy.comparisons`). A request's comparisons (one
+per cheaper tier that answered it with a confidence) form an :class:`Evidence` row, with the
+reviewer's label of the answer the client got, if any, and whether a configured bad outcome event
+was reported for it.
 
 **The quantity** is the one ``tierguard calibrate`` certifies (docs/guarantee.md): the accuracy
 gap to the capable tier, ``E[L]`` with ``L = 1[capable correct] - 1[cascade correct]``. A row's
@@ -24,7 +26,7 @@ accepted) has no recorded answer: reaching it costs 1 unless it is the capable t
 row's loss ``U >= L``, and a test of ``E[U] <= eps`` certifies ``E[L] <= eps``.
 
 **Equal inclusion probabilities.** Accepted answers enter the evidence at the shadow rate,
-escalated ones at their own rate (usually 1). The rows are thinned to the smallest inclusion
+escalated ones at their own rate. The rows are thinned to the smallest inclusion
 probability ``q`` among them: a row of probability ``p`` is kept when a uniform number derived
 from its response id (SHA-256) is below ``q / p``, which is independent of the answers. The kept
 rows are a Bernoulli(``q``) sample of the requests a cheaper tier answered with a confidence, so
@@ -300,7 +302,7 @@ def tune(
 
     Returns a :class:`Tuning`: ``spec`` is the policy to write (thresholds changed, everything
     else as given) when ``is_certified``, else the input unchanged with ``why_not()`` saying why.
-    Raises :class:`TuneError` for inputs that cannot be tuned (bad parameters, a capable-only
+    Raises :class:`TuneError` for inputs that cannot be tuned (bad parameters, a one-tier
     policy, evidence about tiers the policy does not have).
 
     ``allow_lower=False`` tests only the shifts >= 0 (keep or raise).
