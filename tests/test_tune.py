@@ -280,6 +280,7 @@ def test_cli_writes_the_tuned_policy_with_its_guarantee(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "small: threshold 0.8 -> 0.75" in err
     assert "1 labels, 1 responses with a bad outcome" in err
+    assert "reviewed accuracy r1/small: 1.000" in err  # the labels' weighted accuracy, for context
     _, spec = load_policy_spec(out)
     assert spec.tiers[0].confidence.threshold == 0.75
     data = yaml.safe_load(out.read_text())

@@ -113,6 +113,7 @@ class EvidenceSummary:
     escalation: int
     labels: int
     bad_events: int
+    reviewed: list[str]  # the labels' inclusion-weighted accuracy per revision and tier (context)
 
 
 def read_evidence(
@@ -121,15 +122,25 @@ def read_evidence(
     """The evidence rows of ``policy`` (and ``revision``) in the store. A comparison's confidence
     is its raw confidence through the policy's own calibration map when it was recorded (the
     store's calibrated value was computed with the map of the revision that served it)."""
+    from .estimate import SampledItem, estimates
     from .tune import gather
 
     maps = {t.name: t.confidence.calibration_map() for t in spec.tiers}
     results = store.shadow_results(policy=policy, revision=revision)
-    labels = {
-        r.item.id: r.label == "correct"
+    labelled = [
+        r
         for r in store.items(policy=policy, revision=revision, limit=10_000_000)
         if r.label in ("correct", "incorrect")
-    }
+    ]
+    labels = {r.item.id: r.label == "correct" for r in labelled}
+    reviewed = [
+        f"reviewed accuracy {e.revision}/{e.tier}: {e.accuracy:.3f} (95% {e.lo:.3f}-{e.hi:.3f}, "
+        f"{e.labels} labels, inclusion-weighted)"
+        for e in estimates(
+            SampledItem(r.item.revision, r.item.tier, r.item.probability, r.label) for r in labelled
+        )
+        if e.accuracy is not None and e.lo is not None and e.hi is not None and e.tier != "*"
+    ]
     bad_ids = {ev.response_id for ev in store.events(policy=policy) if any(b.matches(ev) for b in bad)}
     rows = gather(
         (
@@ -155,6 +166,7 @@ def read_evidence(
         escalation=sum(1 for r in results if r.source == "escalation"),
         labels=len(labels),
         bad_events=len(bad_ids),
+        reviewed=reviewed,
     )
     return rows, summary
 
@@ -216,6 +228,7 @@ def report_lines(spec: CascadePolicySpec, t: Tuning, s: EvidenceSummary) -> list
         )
         + f"; {t.n} kept at a common inclusion probability {t.thinned_to:.4g}"
         + f" ({t.labels_used} labelled, {t.bad_outcomes} with a bad outcome)",
+        *s.reviewed,
     ]
     if not t.lowering:
         lines.append("lowering is off: thresholds are only kept or raised")
