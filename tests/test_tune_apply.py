@@ -15,7 +15,6 @@ from tierguard.errors import PolicyError
 from tierguard.kube import autotune
 from tierguard.kube.validate import validate_policy
 from tierguard.policy import CascadePolicySpec, Revision, RolloutSpec, parse_policy_spec
-from tierguard.review.tune import TierChange
 from tierguard.review.tune_apply import plan, rolling_reason, with_thresholds
 from tierguard.rollout.approval import TUNED_ANNOTATION, ThresholdChange, TunedRecord, gated_rollout
 from tierguard.rollout.decide import apply_manual, decide, start_rollout
@@ -33,7 +32,7 @@ SPEC: dict[str, Any] = {
         "env": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
         "secretMounts": [{"secretName": "keys", "mountPath": "/var/run/keys"}],
     },
-    "autoTune": {"interval": "6h", "approval": "manual", "minLabels": 40, "maxStep": 0.03},
+    "autoTune": {"interval": "6h", "approval": "manual", "maxStep": 0.03, "badOutcomes": ["rating<=2"]},
 }
 
 
@@ -47,8 +46,8 @@ def obj(spec: dict[str, Any] | None = None, phase: str = "Succeeded") -> dict[st
     }
 
 
-def change(old: float, new: float, reason: str = "raised") -> TierChange:
-    return TierChange("small", 120, old, new, 0.8, 0.76, reason)
+def change(old: float, new: float, reason: str = "certified at shift +0.03") -> ThresholdChange:
+    return ThresholdChange("small", old, new, 300, reason)
 
 
 # --- the schedule --------------------------------------------------------------------------------
@@ -95,7 +94,9 @@ def test_autotune_is_not_part_of_the_revision() -> None:
 
 
 def test_a_raised_threshold_is_one_conditional_patch_with_the_record() -> None:
-    p = plan(obj(), [0.63, 0.5], [change(0.6, 0.63)], labels=300, approval="manual", now=NOW, target=0.81)
+    guarantee = {"method": "learn-then-test", "eps": 0.01, "delta": 0.1, "n": 2400}
+    p = plan(obj(), [0.63, 0.5], [change(0.6, 0.63)], labels=300, approval="manual", now=NOW, rows=2400,
+             guarantee=guarantee)  # fmt: skip
     assert p.patch is not None and p.record is not None
     assert p.patch["metadata"]["resourceVersion"] == "42"  # the precondition: no lost write
     tiers = p.patch["spec"]["tiers"]
@@ -103,13 +104,14 @@ def test_a_raised_threshold_is_one_conditional_patch_with_the_record() -> None:
     assert set(p.patch["spec"]) == {"tiers"}  # nothing else in the spec is touched
     record = TunedRecord.parse(p.patch["metadata"]["annotations"][TUNED_ANNOTATION])
     assert record == p.record
-    assert record.labels == 300 and record.approval == "manual" and record.target == 0.81
-    assert record.changes == [ThresholdChange("small", 0.6, 0.63, 120, "raised")]
+    assert record.labels == 300 and record.approval == "manual" and record.rows == 2400
+    assert record.changes == [ThresholdChange("small", 0.6, 0.63, 300, "certified at shift +0.03")]
+    assert json.loads(p.patch["metadata"]["annotations"]["tierguard.io/guarantee"]) == guarantee
     tuned = parse_policy_spec(with_thresholds(SPEC, [0.63, 0.5]))
     assert record.revision == Revision.of(tuned.cascade()).name
     assert record.previous == Revision.of(parse_policy_spec(SPEC).cascade()).name != record.revision
     assert "-      threshold: 0.6\n" in p.diff and "+      threshold: 0.63\n" in p.diff
-    assert record.summary() == "tuned from 300 review labels: small 0.6 -> 0.63"
+    assert record.summary() == "tuned on 2400 production comparisons (300 review labels): small 0.6 -> 0.63"
 
 
 def test_no_change_writes_nothing() -> None:
@@ -208,7 +210,8 @@ def test_autotune_renders_a_cronjob_and_a_role_limited_to_its_own_policy() -> No
     assert c["image"] == "example/tierguard:2" and c["command"] == ["tierguard"]
     assert c["args"] == [
         "tune", "--apply", "--policy-ref", "prod/shop", "--store", "postgresql://tune@db:5432/review",
-        "--min-labels", "40", "--max-step", "0.03", "--approval", "manual", "--max-accuracy-drop", "0.01",
+        "--max-step", "0.03", "--max-accuracy-drop", "0.01", "--delta", "0.1", "--approval", "manual",
+        "--bad-outcome", "rating<=2",
     ]  # fmt: skip
     assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "password"}
     assert c["volumeMounts"][0]["mountPath"] == "/var/run/keys"

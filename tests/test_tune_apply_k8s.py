@@ -42,7 +42,7 @@ from tierguard.kube import autotune
 from tierguard.kube.client import KubeApi
 from tierguard.localenv.kube import KubeCluster
 from tierguard.policy import CascadePolicySpec, Revision
-from tierguard.review.store import Item, open_store
+from tierguard.review.store import ShadowResult, open_store
 from tierguard.rollout.approval import TUNED_ANNOTATION, TunedRecord
 
 pytest_plugins = ["infra.fixtures"]
@@ -65,27 +65,45 @@ def policy(store: str) -> dict[str, Any]:
             ],
             "rollout": {"interval": "1s", "minSamples": 10},
             "proxy": {"replicas": 1, "review": {"store": store}},
-            "autoTune": {"interval": "1h", "approval": "manual", "minLabels": 50, "maxAccuracyDrop": 0.1},
+            "autoTune": {"interval": "1h", "approval": "manual", "maxAccuracyDrop": 0.01},
         },
     }  # fmt: skip
 
 
-def fill(url: str) -> int:
-    """Labels whose small-tier accuracy is its confidence minus 0.1 (so it misses an 0.8 target
-    until the threshold is well above 0.6); the big tier is right 90% of the time."""
+def fill(url: str, current: float, cliff: float) -> int:
+    """Production comparisons of the small tier's answers with the big tier's (inclusion
+    probability 1; shadow rows for answers the small tier gave at threshold ``current``,
+    escalation rows for the others): at or above ``cliff`` the two always agree, below it never.
+    So with epsilon 1 point tune certifies the threshold ``cliff`` and nothing lower."""
     store = open_store(url)
     rng = random.Random(3)
     rows = []
-    for i in range(1500):
-        c = rng.uniform(0.6, 1.0)
-        item = Item(f"s{i}", time.time(), NAME, "r1", "small", "b", c, 0.1, 0.1, "q", "a", 0, 0, "h")
-        rows.append((item, rng.random() < c - 0.1))
-    for i in range(300):
-        item = Item(f"b{i}", time.time(), NAME, "r1", "big", "none", None, 0.1, 0.1, "q", "a", 0, 0, "h")
-        rows.append((item, rng.random() < 0.9))
-    store.add_items([it for it, _ in rows])
-    for it, ok in rows:
-        store.set_label(it.id, "correct" if ok else "incorrect", "", "bob")
+    for i in range(2000):
+        c = (
+            rng.uniform(cliff, 1.0)
+            if i < 1000
+            else rng.uniform(cliff - 0.05, cliff)
+            if i < 1300
+            else rng.uniform(0.3, cliff - 0.05)
+        )
+        answered = "small" if c >= current else "big"
+        rows.append(
+            ShadowResult(
+                f"{cliff}-{i}",
+                time.time(),
+                NAME,
+                "r1",
+                "small",
+                c >= cliff,
+                0.0,
+                c,
+                c,
+                1.0,
+                "shadow" if answered == "small" else "escalation",
+                answered,
+            )
+        )
+    store.add_shadow(rows)
     store.close()
     return len(rows)
 
@@ -164,9 +182,9 @@ def test_tune_apply_writes_a_revision_the_operator_holds_for_approval(tenv: Tune
     stable = st["stableRevision"]
 
     sqlite = f"sqlite:{tenv.tmp / 'review.db'}"
-    labels = fill(sqlite)
+    rows = fill(sqlite, current=0.6, cliff=0.65)
     sa = tenv.tune_kubeconfig()  # tune runs as the policy's own tune ServiceAccount
-    common = ("tune", "--store", sqlite, "--policy-ref", f"{NS}/{NAME}", "--max-accuracy-drop", "0.1")
+    common = ("tune", "--store", sqlite, "--policy-ref", f"{NS}/{NAME}", "--max-accuracy-drop", "0.01")
 
     generation = tenv.obj()["metadata"]["generation"]
     res = tierguard(*common, "--dry-run", kubeconfig=sa)
@@ -180,23 +198,25 @@ def test_tune_apply_writes_a_revision_the_operator_holds_for_approval(tenv: Tune
     manifest = tenv.tmp / "shop.yaml"
     manifest.write_text(json.dumps({"kind": "CascadePolicy", "metadata": {"name": NAME, "namespace": NS}}))
     res = tierguard("tune", "--store", sqlite, "--policy", str(manifest), "--dry-run", "--max-accuracy-drop",
-                    "0.1", kubeconfig=sa)  # fmt: skip
+                    "0.01", kubeconfig=sa)  # fmt: skip
     assert res.returncode == 0 and "+      threshold: 0.65\n" in res.stdout, res.stdout + res.stderr
 
     res = tierguard(*common, "--apply", kubeconfig=sa)
     assert res.returncode == 0, res.stderr
     assert "applied" in res.stdout and "approval manual" in res.stdout, res.stdout
-    assert "small: 1500 labels" in res.stderr and "0.6 -> 0.65" in res.stderr
+    assert "evidence: 2000 comparisons" in res.stderr and "small: threshold 0.6 -> 0.65" in res.stderr
     obj = tenv.obj()
     assert _threshold(obj) == 0.65
     record = _tuned_record(obj)
     revision = Revision.of(CascadePolicySpec.model_validate(obj["spec"]).cascade()).name
-    assert (record.revision, record.previous, record.labels, record.approval) == (
+    assert (record.revision, record.previous, record.rows, record.approval) == (
         revision,
         stable,
-        labels,
+        rows,
         "manual",
     )
+    guarantee = json.loads(obj["metadata"]["annotations"]["tierguard.io/guarantee"])
+    assert guarantee["n"] == rows and guarantee["eps"] == 0.01
     assert [(ch.tier, ch.old, ch.new) for ch in record.changes] == [("small", 0.6, 0.65)]
 
     # the operator starts the rollout of the tuned revision, paused at its first step
@@ -251,9 +271,10 @@ def test_a_concurrent_edit_is_a_clear_error_and_nothing_is_written(
 
     monkeypatch.setattr(KubeApi, "merge_patch", meddle)
     sqlite = f"sqlite:{tenv.tmp / 'review.db'}"
+    fill(sqlite, current=0.65, cliff=0.7)  # new evidence: 0.65 is no longer safe, 0.7 is
     before = tenv.obj()
     code = cli_main(
-        ["tune", "--store", sqlite, "--policy-ref", f"{NS}/{NAME}", "--apply", "--max-accuracy-drop", "0.1",
+        ["tune", "--store", sqlite, "--policy-ref", f"{NS}/{NAME}", "--apply", "--max-accuracy-drop", "0.01",
          "--kubeconfig", str(c.kubeconfig)]
     )  # fmt: skip
     err = capsys.readouterr().err
@@ -297,13 +318,13 @@ def test_autotune_runs_as_a_cronjob_with_a_role_for_its_own_policy(tenv: TuneEnv
 
     # what the CronJob's pod runs, exactly, as that identity, on the PostgreSQL store the spec names
     assert f"--store {tenv.pg_url}" in " ".join(container["args"])
-    labels = fill(tenv.pg_url)
+    rows = fill(tenv.pg_url, current=0.65, cliff=0.7)
     res = tierguard(*container["args"], env={"KUBECONFIG": str(tenv.tune_kubeconfig())})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "applied" in res.stdout, res.stdout
     obj = tenv.obj()
     record = _tuned_record(obj)
-    assert _threshold(obj) == 0.7 and record.labels == labels and record.approval == "manual"
+    assert _threshold(obj) == 0.7 and record.rows == rows and record.approval == "manual"
     st = tenv.wait(lambda s: s.get("canaryRevision") == record.revision, "the scheduled run's rollout")
     assert (st["phase"], st["canaryWeight"]) == ("Paused", 5)
 

@@ -350,6 +350,14 @@ class ReviewSpec(Model):
         description="sqlite:PATH (one file, WAL) or a postgresql:// URL (several replicas; the "
         "password from PGPASSWORD or PGPASSFILE, e.g. through spec.proxy.env).",
     )
+    escalation_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests escalated to the capable tier whose cheaper answers are stored "
+        "next to the capable answer for `tierguard tune` (no extra model call). Default: the policy's "
+        "shadowRate, the inclusion probability tune thins every comparison to.",
+    )
     queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="Items waiting for the writer.")
     retention_days: float = Field(
         default=30.0, gt=0.0, description="Stored items and events are kept this long."
@@ -479,6 +487,10 @@ class ProxyDeployment(ProxyBehaviour):
         return mounts
 
 
+BAD_OUTCOME_PATTERN = r"^[a-z][a-z0-9_]{0,62}((<=|>=|<|>|==)-?[0-9.]+)?$"
+"""An outcome event counted as a loss by tune: a name, or a name and a comparison of its value."""
+
+
 class AutoTuneSpec(Model):
     """`tierguard tune --apply` on a schedule: the operator renders a CronJob that runs it in the
     proxy's image as a ServiceAccount allowed to read and patch this one policy (docs/review.md)."""
@@ -488,9 +500,6 @@ class AutoTuneSpec(Model):
         pattern=r"^\d+(m|h)$",
         description="How often tune runs: 5m..30m dividing an hour, 1h..24h dividing a day, or 168h.",
     )
-    min_labels: int = Field(
-        default=50, ge=1, le=1_000_000, description="Labels a tier needs before its threshold is tuned."
-    )
     max_step: float = Field(
         default=0.05, gt=0.0, le=0.5, description="Largest threshold change per run (the change is bounded)."
     )
@@ -498,10 +507,17 @@ class AutoTuneSpec(Model):
         default=0.01,
         ge=0.0,
         le=1.0,
-        description="Target: the last tier's reviewed accuracy minus this (unless targetAccuracy is set).",
+        description="Certify accuracy at least the capable tier's minus this (epsilon, a fraction).",
     )
-    target_accuracy: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Accuracy the accepted answers of each tier must reach."
+    delta: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="The certification may fail with probability at most this."
+    )
+    bad_outcomes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}((<=|>=|<|>|==)-?[0-9.]+)?$")]] = (
+        Field(
+            default_factory=list,
+            max_length=16,
+            description="Outcome events counted as a loss: human_handoff, rating<=2 (tune --bad-outcome).",
+        )
     )
     store: str | None = Field(
         default=None,

@@ -93,17 +93,17 @@ def tune_args(namespace: str, name: str, store: str, auto: AutoTuneSpec) -> list
         f"{namespace}/{name}",
         "--store",
         store,
-        "--min-labels",
-        str(auto.min_labels),
         "--max-step",
         f"{auto.max_step:g}",
+        "--max-accuracy-drop",
+        f"{auto.max_accuracy_drop:g}",
+        "--delta",
+        f"{auto.delta:g}",
         "--approval",
         auto.approval,
     ]
-    if auto.target_accuracy is not None:
-        args += ["--target-accuracy", f"{auto.target_accuracy:g}"]
-    else:
-        args += ["--max-accuracy-drop", f"{auto.max_accuracy_drop:g}"]
+    for bad in auto.bad_outcomes:
+        args += ["--bad-outcome", bad]
     return args
 
 

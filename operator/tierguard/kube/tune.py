@@ -24,8 +24,10 @@ from typing import Any
 from ..errors import PolicyError, UserError
 from ..policy import load_yaml, parse_policy_spec
 from ..review import tune_cmd
-from ..review.tune import TierChange
+from ..review.tune import Tuning
 from ..review.tune_apply import plan, rolling_reason
+from ..review.tune_cmd import EvidenceSummary
+from ..rollout.approval import ThresholdChange
 from .client import KubeApi, KubeError, load_api_client, policy_path
 from .control import _default_namespace, _user_error
 
@@ -101,9 +103,27 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
 
-    def sink(thresholds: list[float], changes: list[TierChange], labels: int, target: float) -> int:
+    def sink(result: Tuning, summary: EvidenceSummary) -> int:
+        if not result.is_certified:
+            # not an error for a scheduled run: there is not (yet) enough evidence to move safely
+            print(f"cascadepolicy {ns}/{name}: nothing certified, nothing applied: {result.why_not()}")
+            return 0
+        cheaper = spec.tiers[:-1]
+        thresholds = [*result.new_thresholds, spec.tiers[-1].confidence.threshold]
+        how = f"certified at shift {result.chosen.shift:+g}" if result.chosen is not None else "certified"
+        changes = [
+            ThresholdChange(t.name, old, new, summary.labels, how)
+            for t, old, new in zip(cheaper, result.current, result.new_thresholds, strict=True)
+        ]
         p = plan(
-            obj, thresholds, changes, labels=labels, approval=approval, now=datetime.now(UTC), target=target
+            obj,
+            thresholds,
+            changes,
+            labels=summary.labels,
+            rows=result.n,
+            approval=approval,
+            now=datetime.now(UTC),
+            guarantee=result.record(),
         )
         if p.patch is None or p.record is None:
             print(f"cascadepolicy {ns}/{name}: {p.reason}")

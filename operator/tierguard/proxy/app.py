@@ -70,6 +70,7 @@ class ProxyApp:
             lambda e: self.decision_log.write(e),
         )
         self.recorder.add(ReviewObserver(self.review))
+        self.shadow.on_result = self.review.observe_comparisons
         self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config

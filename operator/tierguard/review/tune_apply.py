@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,11 +30,11 @@ from typing import Any
 
 import yaml
 
+from ..calibration import GUARANTEE_ANNOTATION
 from ..errors import PolicyError
 from ..policy import Revision, parse_policy_spec
 from ..rollout.approval import TUNED_ANNOTATION, Approval, ThresholdChange, TunedRecord
 from ..rollout.status import ROLLING
-from .tune import TierChange
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,17 @@ def rolling_reason(status: Mapping[str, Any]) -> str | None:
 def plan(
     obj: Mapping[str, Any],
     thresholds: Sequence[float],
-    changes: Sequence[TierChange],
+    changes: Sequence[ThresholdChange],
     *,
     labels: int,
     approval: Approval,
     now: datetime,
-    target: float | None = None,
+    rows: int = 0,
+    guarantee: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """What to write for the policy object ``obj`` (as read) tuned to ``thresholds``."""
+    """What to write for the policy object ``obj`` (as read) tuned to ``thresholds``; ``changes``
+    are the tiers' threshold moves (for the record), ``guarantee`` what tune certified (written to
+    the ``tierguard.io/guarantee`` annotation, as ``calibrate`` and the file path do)."""
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", "policy"))
     reason = rolling_reason(obj.get("status") or {})
@@ -101,7 +105,7 @@ def plan(
         return Plan(reason)
     before = dict(obj.get("spec") or {})
     after = with_thresholds(before, thresholds)
-    moved = [c for c in changes if c.new_threshold != c.threshold]
+    moved = [c for c in changes if c.new != c.old]
     if not moved or after == before:
         return Plan("no threshold changed: nothing applied")
     old_rev = Revision.of(parse_policy_spec(before, f"{name}: spec").cascade()).name
@@ -112,13 +116,16 @@ def plan(
         labels=labels,
         approval=approval,
         time=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        changes=[ThresholdChange(c.tier, c.threshold, c.new_threshold, c.labels, c.reason) for c in moved],
-        target=None if target is None else round(target, 6),
+        changes=list(moved),
+        rows=rows,
     )
     patch = {
         "metadata": {
             "resourceVersion": str(meta["resourceVersion"]),
-            "annotations": {TUNED_ANNOTATION: record.to_annotation()},
+            "annotations": {
+                TUNED_ANNOTATION: record.to_annotation(),
+                **({GUARANTEE_ANNOTATION: json.dumps(dict(guarantee), sort_keys=True)} if guarantee else {}),
+            },
         },
         "spec": {"tiers": after["tiers"]},
     }

@@ -43,6 +43,7 @@ class TunedRecord:
     time: str  # RFC 3339
     changes: list[ThresholdChange] = field(default_factory=list)
     target: float | None = None
+    rows: int = 0  # production comparisons the change was certified on
 
     def to_annotation(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -66,13 +67,14 @@ class TunedRecord:
                 time=str(data.get("time", "")),
                 changes=changes,
                 target=data.get("target"),
+                rows=int(data.get("rows", 0)),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def summary(self) -> str:
         moved = ", ".join(f"{c.tier} {c.old:g} -> {c.new:g}" for c in self.changes) or "no threshold"
-        return f"tuned from {self.labels} review labels: {moved}"
+        return f"tuned on {self.rows} production comparisons ({self.labels} review labels): {moved}"
 
 
 def awaits_approval(record: TunedRecord | None, revision: str) -> bool:
