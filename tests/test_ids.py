@@ -64,10 +64,3 @@ def test_key_sources(tmp_path, monkeypatch):
     assert load_key(None)[0] == b"fromenv"
 
 
-def test_seen_ids_are_bounded():
-    from tierguard.proxy.ids import SeenIds
-
-    seen = SeenIds(capacity=2)
-    assert seen.add("a") and not seen.add("a")
-    assert seen.add("b") and seen.add("c")
-    assert seen.add("a")  # forgotten: the oldest goes first

@@ -61,13 +61,18 @@ def wait_items(url, n):
 def test_two_replicas_sample_into_one_store_and_outcomes_are_joined_once(sims, tmp_path):
     url = f"sqlite:{tmp_path / 'review.db'}"
     policy = write_policy(tmp_path / "p.yaml", review_policy(sims, url))
-    with start_proxy(policy, env=KEY, decision_log="off") as a, start_proxy(policy, env=KEY, decision_log="off") as b:
+    with (
+        start_proxy(policy, env=KEY, decision_log="off") as a,
+        start_proxy(policy, env=KEY, decision_log="off") as b,
+    ):
         ids = {}
         for proxy, prompt in ((a, "easy question"), (b, "hard question"), (a, PII)):
             r = httpx.post(f"{proxy.base}/v1/chat/completions", json=chat(prompt), timeout=30)
             assert r.status_code == 200
             ids[prompt] = (r.json()["id"], r.headers["x-tierguard-tier"])
-        with httpx.stream("POST", f"{b.base}/v1/chat/completions", json=chat("hard question", stream=True), timeout=30) as r:
+        with httpx.stream(
+            "POST", f"{b.base}/v1/chat/completions", json=chat("hard question", stream=True), timeout=30
+        ) as r:
             assert r.status_code == 200
             chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         streamed_id = chunks[0]["id"]
@@ -75,7 +80,12 @@ def test_two_replicas_sample_into_one_store_and_outcomes_are_joined_once(sims, t
         streamed = items[streamed_id]
         assert streamed.tier == "big" and streamed.answer == "big-hard"  # a streamed answer, joined whole
         easy = items[ids["easy question"][0]]
-        assert (easy.tier, easy.revision, easy.probability, easy.policy) == ("cheap", easy.revision, 1.0, "unit")
+        assert (easy.tier, easy.revision, easy.probability, easy.policy) == (
+            "cheap",
+            easy.revision,
+            1.0,
+            "unit",
+        )
         assert easy.band == "0.95-1" and easy.prompt == "easy question"
         hard = items[ids["hard question"][0]]
         assert hard.tier == "big" and hard.band == "0.8-0.95"
@@ -86,11 +96,16 @@ def test_two_replicas_sample_into_one_store_and_outcomes_are_joined_once(sims, t
 
         # outcome events: a batch on replica a (one bad item), the same event again on replica b
         easy_id = ids["easy question"][0]
-        r = httpx.post(f"{a.base}/v1/outcomes", json={"events": [
-            {"id": easy_id, "event": "rating", "value": 2},
-            {"id": easy_id, "event": "refund", "value": 30},
-            {"id": easy_id, "event": "nps", "value": 3},
-        ]})
+        r = httpx.post(
+            f"{a.base}/v1/outcomes",
+            json={
+                "events": [
+                    {"id": easy_id, "event": "rating", "value": 2},
+                    {"id": easy_id, "event": "refund", "value": 30},
+                    {"id": easy_id, "event": "nps", "value": 3},
+                ]
+            },
+        )
         assert r.status_code == 207, r.text
         assert [x["status"] for x in r.json()["results"]] == ["accepted", "accepted", "rejected"]
         r = httpx.post(f"{b.base}/v1/outcomes", json={"id": easy_id, "event": "rating", "value": 5})
@@ -107,11 +122,16 @@ def test_two_replicas_sample_into_one_store_and_outcomes_are_joined_once(sims, t
         listed = httpx.get(f"{page.base}/api/items", params={"tier": "cheap"}).json()["items"]
         assert {i["id"] for i in listed} == {easy_id, ids[PII][0]}
         for item_id in (easy_id, ids[PII][0]):
-            r = httpx.post(f"{page.base}/api/labels", json={"item": item_id, "label": "correct"},
-                           headers={"Authorization": f"Bearer {TOKEN}"})
+            r = httpx.post(
+                f"{page.base}/api/labels",
+                json={"item": item_id, "label": "correct"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
             assert r.status_code == 200
         text = httpx.get(f"{page.base}/metrics").text
-        assert f'tierguard_review_accuracy{{policy="unit",revision="{easy.revision}",tier="cheap"}} 1.0' in text
+        assert (
+            f'tierguard_review_accuracy{{policy="unit",revision="{easy.revision}",tier="cheap"}} 1.0' in text
+        )
         events = open_store(url).events()
         assert sorted(e.name for e in events) == ["rating", "refund"]
 
@@ -125,7 +145,9 @@ def test_a_store_that_is_down_never_fails_a_request(sims, tmp_path):
             r = httpx.post(f"{p.base}/v1/chat/completions", json=chat("easy question"), timeout=30)
             assert r.status_code == 200
         deadline = time.time() + 10
-        while time.time() < deadline and metric(p, "tierguard_review_dropped_total", reason="store_error") < 5:
+        while (
+            time.time() < deadline and metric(p, "tierguard_review_dropped_total", reason="store_error") < 5
+        ):
             time.sleep(0.1)
         assert metric(p, "tierguard_review_dropped_total", reason="store_error") == 5
         r = httpx.post(f"{p.base}/v1/outcomes", json={"id": r.json()["id"], "event": "rating", "value": 3})
@@ -134,7 +156,8 @@ def test_a_store_that_is_down_never_fails_a_request(sims, tmp_path):
 
 def test_a_bad_novelty_reference_is_an_invalid_config(sims, tmp_path):
     policy = write_policy(
-        tmp_path / "p.yaml", review_policy(sims, f"sqlite:{tmp_path / 'r.db'}", noveltyReference=str(tmp_path / "none.json"))
+        tmp_path / "p.yaml",
+        review_policy(sims, f"sqlite:{tmp_path / 'r.db'}", noveltyReference=str(tmp_path / "none.json")),
     )
     with pytest.raises(RuntimeError) as err:
         start_proxy(policy, env=KEY, decision_log="off", timeout=10)
@@ -177,3 +200,35 @@ def test_shadow_and_escalation_comparisons_reach_the_store_for_tune(sims, tmp_pa
     err = capsys.readouterr().err
     assert "5 comparisons with the capable tier (3 shadow, 2 escalation)" in err
     assert "too few rows: 3 sampled requests" in err and "Traceback" not in err
+
+
+def test_feedback_is_a_thumbs_event_expiring_and_counted_once_across_replicas(sims, tmp_path):
+    """`POST /v1/feedback` follows the outcome events' rules: a rating is the event `thumbs`,
+    de-duplicated across replicas through the store, and refused once the id is older than maxAge."""
+    url = f"sqlite:{tmp_path / 'review.db'}"
+    spec = review_policy(sims, url)
+    spec["proxy"]["outcomes"] = {"maxAge": "3s"}
+    policy = write_policy(tmp_path / "p.yaml", spec)
+    with (
+        start_proxy(policy, env=KEY, decision_log="off") as a,
+        start_proxy(policy, env=KEY, decision_log="off") as b,
+    ):
+        first = httpx.post(f"{a.base}/v1/chat/completions", json=chat("easy question"), timeout=30).json()[
+            "id"
+        ]
+        r = httpx.post(f"{a.base}/v1/feedback", json={"id": first, "rating": "down"})
+        assert r.status_code == 200 and r.json()["tier"] == "cheap", r.text
+        r = httpx.post(f"{b.base}/v1/feedback", json={"id": first, "rating": "down"})  # the other replica
+        assert r.status_code == 409 and r.json()["error"]["code"] == "duplicate", r.text
+        r = httpx.post(f"{b.base}/v1/outcomes", json={"id": first, "event": "thumbs", "value": 0})
+        assert r.status_code == 409  # the same event, whichever endpoint it came through
+        assert metric(b, "tierguard_feedback_rejected_total", reason="duplicate") == 1
+        (stored,) = open_store(url).events()
+        assert (stored.name, stored.value, stored.tier) == ("thumbs", 0.0, "cheap")
+        late = httpx.post(f"{a.base}/v1/chat/completions", json=chat("easy question"), timeout=30).json()[
+            "id"
+        ]
+        time.sleep(4.5)  # older than maxAge (ids carry their second)
+        r = httpx.post(f"{b.base}/v1/feedback", json={"id": late, "rating": "up"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "expired", r.text
+        assert metric(a, "tierguard_feedback_total") == 1 and metric(b, "tierguard_feedback_total") == 0

@@ -26,7 +26,7 @@ from .decision_log import DecisionLog
 from .delivery import Delivery, JsonDelivery, StreamDelivery, error_response
 from .drift_monitor import DriftMonitor, DriftSettings
 from .escalation import escalate
-from .ids import IdSigner, InvalidId, SeenIds, load_key
+from .ids import IdSigner, InvalidId, load_key
 from .metrics import ProxyMetrics
 from .observers import AffinityObserver, DecisionLogObserver, DriftObserver, MetricsObserver, ShadowObserver
 from .outcome import Outcome
@@ -37,6 +37,14 @@ from .runtime import Runtime
 from .shadow import ShadowScorer
 
 log = logging.getLogger("tierguard.proxy")
+
+
+FEEDBACK_REFUSED: dict[str, tuple[int, str]] = {
+    "duplicate": (409, "feedback for this response was already recorded"),
+    "expired": (400, "the response id is older than the outcome events' maxAge"),
+    "no_issue_time": (400, "the response id was issued before ids carried their time"),
+    "store_unavailable": (503, "the review store is unavailable; retry later"),
+}
 
 
 class ProxyApp:
@@ -71,7 +79,6 @@ class ProxyApp:
         )
         self.recorder.add(ReviewObserver(self.review))
         self.shadow.on_result = self.review.observe_comparisons
-        self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
         self.runtime: Runtime | None = None
@@ -254,15 +261,12 @@ class ProxyApp:
                 param="id",
                 code=err.reason,
             )
-        if not self.feedback_seen.add(response_id):
-            self.metrics.feedback_rejected.labels(policy, "duplicate").inc()
-            return error_response(
-                409,
-                "feedback for this response was already recorded",
-                etype="invalid_request_error",
-                param="id",
-                code="duplicate",
-            )
+        outcome = await self.review.outcomes.record_feedback(policy, response_id, decision, rating == "up")
+        if outcome != "recorded":
+            self.metrics.feedback_rejected.labels(policy, outcome).inc()
+            status, message = FEEDBACK_REFUSED[outcome]
+            etype = "store_unavailable" if status == 503 else "invalid_request_error"
+            return error_response(status, message, etype=etype, param="id", code=outcome)
         self.metrics.feedback.labels(policy, decision.revision, decision.tier, rating).inc()
         self.decision_log.write(
             {

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,27 +66,6 @@ def load_key(source: SecretSource | None) -> tuple[bytes, str]:
     if os.environ.get(KEY_ENV):
         return os.environ[KEY_ENV].encode(), f"env:{KEY_ENV}"
     return secrets.token_bytes(32), "random (feedback verifies on this replica only)"
-
-
-class SeenIds:
-    """Ids that already received feedback on this replica (bounded, oldest forgotten first).
-
-    One answer gets one rating per replica: a client cannot drive a thumbs-down rate by posting
-    the same id again. (Across replicas a repeat is not detected; see docs/proxy.md.)
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, response_id: str) -> bool:
-        """True if the id is new."""
-        if response_id in self._seen:
-            return False
-        self._seen[response_id] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
 
 
 class IdSigner:

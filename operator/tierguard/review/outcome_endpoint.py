@@ -1,4 +1,6 @@
 """``POST /v1/outcomes``: outcome events checked (:mod:`.outcome_events`), de-duplicated and counted.
+``POST /v1/feedback``'s thumbs go the same way, as the event ``thumbs``
+(:meth:`OutcomeEndpoint.record_feedback`).
 
 With a review store, a duplicate (the same event name for the same response) is rejected across
 replicas by the store's primary key; without one, per replica only (the last 100,000 per replica).
@@ -16,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..policy import OutcomeSpec
+from ..policy import OutcomeSpec, parse_duration
 from .metrics import ReviewMetrics
 from .outcome_events import (
     Accepted,
@@ -126,6 +128,23 @@ class OutcomeEndpoint:
                 self.metrics.outcome_rejected.labels(policy, res.reason).inc()
         status, body = reply(results)
         return web.json_response(body, status=status)
+
+    async def record_feedback(self, policy: str, response_id: str, decision: Decided, up: bool) -> str:
+        """A thumbs rating from ``POST /v1/feedback`` as the outcome event ``thumbs`` (1 up, 0
+        down): refused when the id is older than ``maxAge`` (or carries no issue time), and
+        de-duplicated with every other outcome event (across replicas through the store). Returns
+        ``recorded``, ``duplicate``, ``expired``, ``no_issue_time`` or ``store_unavailable``."""
+        now = self.clock()
+        if decision.issued is None:
+            return "no_issue_time"
+        if now - decision.issued > parse_duration(self.spec().max_age):
+            return "expired"
+        value, issued = (1.0 if up else 0.0), decision.issued
+        event = Accepted(0, response_id, "thumbs", value, now, issued, decision.revision, decision.tier)
+        fresh = await self._dedupe(policy, [event], now)
+        if fresh is None:
+            return "store_unavailable"
+        return "recorded" if fresh[0] else "duplicate"
 
     async def _dedupe(self, policy: str, accepted: list[Accepted], now: float) -> list[bool] | None:
         """Per accepted event, True when it is new; None when the store is down. The store is
