@@ -123,3 +123,24 @@ def test_one_leader_acts_and_the_other_takes_over(cluster: tuple[KubeCluster, Pa
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_without_leader_election_both_replicas_act(cluster: tuple[KubeCluster, Path, Path]) -> None:
+    """What leader election prevents (docs/operator.md, Limits): two replicas started without it
+    both reconcile every policy. The conditional writes keep the rollout right, but the work and
+    the API calls double and the loser of each race sees a 409."""
+    kube, kubeconfig, logs = cluster
+    a = OperatorProcess(kubeconfig, NS, logs, label="-plain-a").start()
+    b = OperatorProcess(kubeconfig, NS, logs, label="-plain-b").start()
+    try:
+        obj = create(kube, "both")
+        until(lambda: observed(kube, NS, "both"), 30, "'both' observed", a.tail)
+        time.sleep(3)
+        reasons = [e["reason"] for e in events_of(kube, NS, obj["metadata"]["uid"])]
+        acted = [p.label for p in (a, b) if "[leader/both] reconciled in" in p.log()]
+        conflicts = sum(p.log().count("conflict, reconciling again") for p in (a, b))
+        print(f"\nwithout leader election: replicas that reconciled 'both': {acted}, events {reasons}, "
+              f"409 conflicts {conflicts}")  # fmt: skip
+    finally:
+        a.stop()
+        b.stop()

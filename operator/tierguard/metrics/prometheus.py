@@ -6,7 +6,8 @@ thread). Instant queries only; one query gives one number:
 * an empty vector, or NaN → ``None`` (no data)
 * one sample (vector or scalar) → its value
 * several series → :class:`QueryError` (aggregate the query, e.g. ``sum(...)``)
-* HTTP 400/422 (bad PromQL) → :class:`QueryError`; unreachable, timeouts, 5xx → :class:`ProviderError`
+* HTTP 400/422 (bad PromQL) → :class:`QueryError`; unreachable, slower than ``timeout``, 5xx →
+  :class:`ProviderError`
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class PrometheusProvider:
             if "HTTP Status Code 400" in str(err) or "HTTP Status Code 422" in str(err) or "bad_data" in text:
                 raise QueryError(f"Prometheus rejected the query {promql!r}: {text}") from None
             raise ProviderError(f"Prometheus at {self.url} answered with an error: {text}") from None
+        except requests.exceptions.Timeout as err:
+            raise ProviderError(
+                f"Prometheus at {self.url} did not answer within {self.timeout:g}s "
+                f"(the query timeout): {type(err).__name__}"
+            ) from None
         except requests.exceptions.RequestException as err:
             raise ProviderError(
                 f"Prometheus at {self.url} is unreachable: {type(err).__name__}: {err}"
