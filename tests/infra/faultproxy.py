@@ -32,6 +32,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from tierguard.localenv.ports import free_port
 
 _HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
+    "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
 
 
@@ -59,7 +60,7 @@ class Rule:
     times: int | None = 1
     seen: int = 0  # matching requests so far
     hits: int = 0  # faults injected so far
-    log: list[str] = field(default_factory=list)  # "METHOD path" of each faulted request
+    log: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, "METHOD path") per fault
     _released: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, method: str, path: str, body: str) -> bool:
@@ -75,7 +76,7 @@ class Rule:
         if self.seen <= self.skip or (self.times is not None and self.hits >= self.times):
             return False
         self.hits += 1
-        self.log.append(f"{method} {path}")
+        self.log.append((time.monotonic(), f"{method} {path}"))
         return True
 
 
@@ -160,9 +161,9 @@ class FaultProxy:
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, shutdown_timeout=1)
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()
         self._ready.set()
         try:
@@ -182,6 +183,7 @@ class FaultProxy:
         if rule is not None and rule.status is not None and not rule.forward:
             return _status(rule.status, "injected by the fault proxy")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers.setdefault("Accept-Encoding", "identity")  # bodies pass through as they come
         url = self.upstream + request.path_qs
         async with self._session.request(request.method, url, headers=headers, data=body or None) as up:
             if rule is not None and rule.status is not None:  # forwarded, the answer is lost
