@@ -193,8 +193,9 @@ def test_values_for_image_extra_args_and_rbac(helm: Any) -> None:
 def test_missing_prometheus_url_is_a_clear_error(helm: Any) -> None:
     res = helm("template", "tg", str(CHART), "--set", "prometheus.url=", check=False)
     assert res.returncode != 0 and "prometheus.url is required" in res.stderr, res.stderr
-    res = helm("template", "tg", str(CHART), "--set", "prometheus.timeout=0", check=False)
-    assert res.returncode != 0 and "timeout" in res.stderr, res.stderr
+    for bad in ("prometheus.timeout=0", "prometheus.timeout=soon"):
+        res = helm("template", "tg", str(CHART), "--set", bad, check=False)
+        assert res.returncode != 0 and "timeout" in res.stderr, (bad, res.stderr)
 
 
 @pytest.mark.slow
