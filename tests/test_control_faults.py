@@ -309,6 +309,7 @@ def test_analysis_waits_for_a_proxy_on_an_old_config(env: Faults) -> None:
     until(lambda: proxy_config_hash(proxies[1]) == expected, 10, "the lagging proxy on the new config")
     until(lambda: _weight(env, name) == 25, 4 * INTERVAL_S, "the next step", _status_diag(env, name))
     resumed = time.monotonic() - t0
+    until(lambda: len(log.weights()) >= 3, 5, "the status log to see 25")  # it polls every 0.1 s
     assert log.weights()[:3] == [5, 10, 25], log.changes
     assert "HoldStaleConfig" in _reasons(env, name)
     print(f"\na proxy on the old config: StaleConfig hold for {3 * INTERVAL_S:g}s+, the next step "
