@@ -100,6 +100,8 @@ def test_namespaced_install_renders_a_role_for_the_watched_namespace(helm: Any) 
     assert (
         "--namespace=apps" in args and "--prometheus-url=http://prom:9090" in args and "--standalone" in args
     )
+    assert "--prometheus-timeout=10" in args
+    assert "--prometheus-timeout=2.5" in operator_args(render(helm, "prometheus.timeout=2.5"))
     (dep,) = by_kind(docs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "tg-tierguard"
@@ -191,6 +193,9 @@ def test_values_for_image_extra_args_and_rbac(helm: Any) -> None:
 def test_missing_prometheus_url_is_a_clear_error(helm: Any) -> None:
     res = helm("template", "tg", str(CHART), "--set", "prometheus.url=", check=False)
     assert res.returncode != 0 and "prometheus.url is required" in res.stderr, res.stderr
+    for bad in ("prometheus.timeout=0", "prometheus.timeout=soon"):
+        res = helm("template", "tg", str(CHART), "--set", bad, check=False)
+        assert res.returncode != 0 and "timeout" in res.stderr, (bad, res.stderr)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import pytest
 
 from test_operator_k8s import (
     OperatorProcess,
+    cli,
     events_of,
     get,
     install_chart_rbac,
@@ -123,3 +124,33 @@ def test_one_leader_acts_and_the_other_takes_over(cluster: tuple[KubeCluster, Pa
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_without_leader_election_both_replicas_act(cluster: tuple[KubeCluster, Path, Path]) -> None:
+    """What leader election prevents (docs/operator.md, Limits): two replicas started without it
+    both reconcile every policy — both read it every tick and both apply its children, and the
+    loser of a status-write race gets a 409 and reads again. The conditional writes keep the
+    rollout right: one Event per transition, a manual promote applied once."""
+    kube, kubeconfig, logs = cluster
+    a = OperatorProcess(kubeconfig, NS, logs, label="-plain-a").start()
+    b = OperatorProcess(kubeconfig, NS, logs, label="-plain-b").start()
+    try:
+        obj = create(kube, "both")
+        until(lambda: observed(kube, NS, "both"), 30, "'both' observed", a.tail)
+        apply = f'"PATCH /api/v1/namespaces/{NS}/configmaps/both-proxy?'
+        until(lambda: apply in a.log() and apply in b.log(), 20, "both replicas to apply the ConfigMap", b.tail)
+        res = cli("promote", "both", "-n", NS, "--wait", "30", kubeconfig=kube.kubeconfig)
+        assert res.returncode == 0, res.stderr
+        time.sleep(3)  # room for the other replica to apply it a second time
+        st = get(kube, policies_path(NS, "both"))["status"]
+        assert st["canaryWeight"] == 10 and st["currentStep"] == 1, st
+        reasons = [e["reason"] for e in events_of(kube, NS, obj["metadata"]["uid"])]
+        assert reasons.count("NewRevision") == 1 and reasons.count("StepPromoted") == 1, reasons
+        reads = [p.log().count(f'"GET {policies_path(NS, "both")} ') for p in (a, b)]
+        conflicts = sum(p.log().count("both: conflict, reconciling again") for p in (a, b))
+        assert min(reads) >= 3, reads
+        print(f"\nwithout leader election: policy reads per replica {reads}, 409 conflicts {conflicts}, "
+              f"Events {sorted(reasons)}")  # fmt: skip
+    finally:
+        a.stop()
+        b.stop()

@@ -9,12 +9,14 @@ contract) with counters a background thread moves at known ratios. The scrape ad
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
+from infra.faultproxy import FaultProxy, Rule
 from needs import prometheus
 from tierguard.localenv.ports import free_port
 from tierguard.localenv.prometheus import PrometheusServer
@@ -142,6 +144,25 @@ def test_adapter_errors(world: tuple[PrometheusServer, FakeProxyMetrics, str]) -
     with pytest.raises(ProviderError, match="unreachable") as info:
         down.query("vector(1)")
     assert not isinstance(info.value, QueryError)
+
+
+def test_adapter_bounds_a_slow_query(world: tuple[PrometheusServer, FakeProxyMetrics, str]) -> None:
+    """A Prometheus slower than the timeout (a delaying proxy in front of the real one) is a
+    ProviderError after the timeout, not a stuck caller; the same client works once it is fast."""
+    prom, _, _ = world
+    slow = FaultProxy(prom.url).start()
+    try:
+        rule = slow.add(Rule("GET", "/api/v1/query", delay=5.0, times=None))
+        p = PrometheusProvider(slow.url, timeout=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(ProviderError, match=r"did not answer within 0\.5s") as info:
+            p.query("vector(1)")
+        assert time.monotonic() - t0 < 3.0
+        assert not isinstance(info.value, QueryError) and rule.hits == 1
+        slow.remove(rule)
+        assert p.query("vector(1)") == 1.0
+    finally:
+        slow.stop()
 
 
 # --- the analysis ------------------------------------------------------------------------------

@@ -215,6 +215,46 @@ def test_feedback_is_joined_to_the_decision(proxy):
     assert metric(proxy, "tierguard_feedback_rejected_total", reason="duplicate") == duplicates + 1
 
 
+def _streamed_id(proxy, content):
+    with httpx.stream("POST", f"{proxy.base}/v1/chat/completions", json=chat(content, stream=True), timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                return json.loads(line[6:])["id"]
+    raise AssertionError("no chunk with an id")
+
+
+def test_feedback_goes_to_the_tier_that_answered_per_the_decision_log(proxy):
+    """Feedback cannot be attributed to a tier that did not answer: checked against the decision
+    log, every feedback entry names its request's ``answered_by``, never a tier that was only
+    tried (the cheap and mid tiers tried and refused the escalated answers)."""
+    prompts = ["easy question", "medium question", "hard question", "long question"]
+    ids = [post(proxy, chat(p)).json()["id"] for p in prompts]
+    ids += [_streamed_id(proxy, p) for p in prompts]
+    for rid in ids:
+        f = httpx.post(f"{proxy.base}/v1/feedback", json={"id": rid, "rating": "down"})
+        assert f.status_code == 200, f.text
+    mine = set(ids)  # the log also holds other tests' entries, flushed every second
+
+    def logged(event):
+        deadline = time.time() + 5
+        while True:
+            entries = [e for e in read_log(proxy.decision_log, 0, event=event) if e.get("id") in mine]
+            if len(entries) >= len(mine) or time.time() > deadline:
+                return entries
+
+    requests = {e["id"]: e for e in logged("request")}
+    feedback = logged("feedback")
+    assert sorted(f["id"] for f in feedback) == sorted(ids) == sorted(requests)
+    only_tried = set()
+    for fb in feedback:
+        req = requests[fb["id"]]
+        assert (fb["tier"], fb["revision"]) == (req["answered_by"], req["revision"]), (fb, req)
+        only_tried |= {t["tier"] for t in req["tiers"]} - {req["answered_by"]}
+    assert {f["tier"] for f in feedback} == {"cheap", "mid", "big"}
+    assert only_tried == {"cheap", "mid"}  # the check covered tiers that did not answer
+
+
 @pytest.mark.parametrize(
     "payload",
     [

@@ -9,10 +9,14 @@ policy), in a worker thread (the Prometheus client is synchronous)::
             a new revision (content hash of the cascade)          -> start_rollout
     observe if an analysis is due: query the metrics provider     -> Observations
     decide  decide(...) -> next_status(...)
-    apply   status (merge patch with a resourceVersion precondition), then the children
-            (server-side apply, only what changed since the last apply, and everything again
-            every RESYNC_SECONDS to repair hand edits)
-    record  an Event for every transition
+    apply   status (merge patch with a resourceVersion precondition)
+    record  an Event for every transition (right after the status write it describes)
+    apply   the children (server-side apply, only what changed since the last apply, and
+            everything again every RESYNC_SECONDS to repair hand edits)
+
+A failed write (a 5xx, no answer) fails the tick; the next one, RETRY_SECONDS later, starts again
+from a fresh read. A status write left without an answer keeps its Events until that read shows
+whether it was stored.
 
 It is called by the create/update/resume handlers (spec or annotation changed: no analysis) and by
 a per-policy daemon that sleeps until the next analysis is due (``rollout.interval``) or until it
@@ -152,6 +156,8 @@ class Reconciler:
         self._locks: dict[Key, _PolicyLock] = {}  # only while a reconcile holds or waits for it
         # policy -> kind -> (fingerprint, monotonic time) of the last apply
         self._applied: dict[Key, dict[str, tuple[str, float]]] = {}
+        # policy -> (the status a write without an answer tried to store, that write's events)
+        self._unanswered: dict[Key, tuple[dict[str, Any], list[tuple[str, str, str]]]] = {}
         self.resync_seconds = RESYNC_SECONDS
         self.slo_cache: dict[Key, dict[str, Any]] = {}  # fed by the QualitySLO watch
         self.wakers: dict[Key, Callable[[], None]] = {}
@@ -183,6 +189,7 @@ class Reconciler:
         it)."""
         with self._guard:
             self._applied.pop(key, None)
+            self._unanswered.pop(key, None)
         if waker is None or self.wakers.get(key) is waker:
             self.wakers.pop(key, None)
 
@@ -272,6 +279,7 @@ class Reconciler:
         except StatusError as err:
             events.append(("Warning", "StatusUnreadable", f"{err}; starting from a fresh status"))
             old, stored = PolicyStatus(), dict(raw_status)
+        self._confirm_unanswered((namespace, name), obj, stored)
         status = old
 
         # -- check
@@ -284,8 +292,7 @@ class Reconciler:
             status = mark_invalid(status, problem, now, generation)
             if old.phase != "Invalid" or old.message != problem:
                 events.append(("Warning", "InvalidSpec", problem))
-            rv = self._write_status(obj, stored, status, rv)
-            self._post_events(obj, events)
+            rv = self._record(obj, stored, status, rv, events)
             result.status = status
             return result
         spec = checked.spec
@@ -358,16 +365,48 @@ class Reconciler:
             status = status.model_copy(update={"config_hash": config.config_hash()})
 
         events.extend(_transition_events(old, status, decision))
-        rv = self._write_status(obj, stored, status, rv)
+        # The Events describe the status transition, so they follow its write at once: a failing,
+        # hanging or interrupted children apply (retried by the next tick) cannot lose them.
+        rv = self._record(obj, stored, status, rv, events)
         if config is not None:
             self._apply_children(obj, spec, config)
-        self._post_events(obj, events)
 
         result.status = status
         result.next_due = analysis_due_at(rollout, status)
         return result
 
     # --- writes -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        obj: dict[str, Any],
+        stored: dict[str, Any],
+        status: PolicyStatus,
+        rv: str,
+        events: list[tuple[str, str, str]],
+    ) -> str:
+        """Write the status, then post the Events of the transition. A write whose outcome is
+        unknown (a 5xx or no answer: the API server may have stored it) keeps its Events until the
+        next read shows whether it landed (:meth:`_confirm_unanswered`)."""
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        try:
+            rv = self._write_status(obj, stored, status, rv)
+        except KubeError as err:
+            if (err.status == 0 or err.status >= 500) and events:
+                with self._guard:
+                    self._unanswered[key] = (status.to_dict(), list(events))
+            raise
+        self._post_events(obj, events)
+        return rv
+
+    def _confirm_unanswered(self, key: Key, obj: dict[str, Any], stored: dict[str, Any]) -> None:
+        """Post the Events of an unanswered status write if the fresh read shows it landed; drop
+        them otherwise (this tick computes the transition again)."""
+        with self._guard:
+            pending = self._unanswered.pop(key, None)
+        if pending is not None and pending[0] == stored:
+            log.info("%s/%s: an unanswered status write had landed; posting its events", *key)
+            self._post_events(obj, pending[1])
 
     def _clear_action(self, namespace: str, name: str, rv: str) -> str:
         patch = {"metadata": {"resourceVersion": rv, "annotations": {ACTION_ANNOTATION: None}}}

@@ -51,6 +51,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="Prometheus scraping the proxies (default: $TIERGUARD_PROMETHEUS_URL)",
     )
     parser.add_argument(
+        "--prometheus-timeout",
+        type=_positive_seconds,
+        default=os.environ.get("TIERGUARD_PROMETHEUS_TIMEOUT", "10"),  # argparse converts it
+        metavar="S",
+        help="seconds one Prometheus query may take before the analysis holds with ProviderError "
+        "(default 10, or $TIERGUARD_PROMETHEUS_TIMEOUT)",
+    )
+    parser.add_argument(
         "--no-namespace-label",
         action="store_true",
         help="leave the namespace label out of queries (a Prometheus whose scrape does not add it)",
@@ -81,6 +89,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 class UnconfiguredProvider:
     """The metrics provider when no Prometheus URL is given: every query fails."""
 
@@ -88,12 +106,14 @@ class UnconfiguredProvider:
         raise ProviderError("no Prometheus configured (start the operator with --prometheus-url)")
 
 
-def make_provider(url: str | None) -> MetricsProvider:
+def make_provider(url: str | None, timeout: float = 10.0) -> MetricsProvider:
+    """The Prometheus at ``url``; ``timeout`` bounds each query (a slow Prometheus is a
+    ``ProviderError`` hold after that long, never a stuck reconcile)."""
     if not url:
         return UnconfiguredProvider()
     from ..metrics.prometheus import PrometheusProvider
 
-    return PrometheusProvider(url)
+    return PrometheusProvider(url, timeout=timeout)
 
 
 def metrics_observer(provider: MetricsProvider, *, namespace_label: bool = True) -> Observer:
@@ -210,9 +230,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot load Kubernetes credentials: {err}") from None
     if not args.prometheus_url:
         log.warning("no --prometheus-url: analyses hold (ProviderError); rollouts move only by hand")
-    observer = metrics_observer(
-        make_provider(args.prometheus_url), namespace_label=not args.no_namespace_label
-    )
+    provider = make_provider(args.prometheus_url, args.prometheus_timeout)
+    observer = metrics_observer(provider, namespace_label=not args.no_namespace_label)
     registry, _ = build(api, observer)
     where = "all namespaces" if args.all_namespaces else ", ".join(args.namespace)
     elector = _elector(args, api) if args.leader_elect else None

@@ -6,7 +6,8 @@ thread). Instant queries only; one query gives one number:
 * an empty vector, or NaN → ``None`` (no data)
 * one sample (vector or scalar) → its value
 * several series → :class:`QueryError` (aggregate the query, e.g. ``sum(...)``)
-* HTTP 400/422 (bad PromQL) → :class:`QueryError`; unreachable, timeouts, 5xx → :class:`ProviderError`
+* HTTP 400/422 (bad PromQL) → :class:`QueryError`; unreachable, slower than ``timeout``, 5xx →
+  :class:`ProviderError`
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from typing import Any
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -54,6 +56,8 @@ class PrometheusProvider:
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # Prometheus durations take whole numbers of a unit: "0.5s" is rejected, "500ms" is not
+        self._promql_timeout = f"{max(1, round(timeout * 1000))}ms"
         try:
             self.client = PrometheusConnect(
                 url=self.url,
@@ -70,19 +74,34 @@ class PrometheusProvider:
 
     def query(self, promql: str) -> float | None:
         try:
-            result: Any = self.client.custom_query(promql, params={"timeout": f"{self.timeout:g}s"})
+            result: Any = self.client.custom_query(promql, params={"timeout": self._promql_timeout})
         except PrometheusApiClientException as err:
             text = _message(err)
             if "HTTP Status Code 400" in str(err) or "HTTP Status Code 422" in str(err) or "bad_data" in text:
                 raise QueryError(f"Prometheus rejected the query {promql!r}: {text}") from None
             raise ProviderError(f"Prometheus at {self.url} answered with an error: {text}") from None
         except requests.exceptions.RequestException as err:
+            if _timed_out(err):
+                raise ProviderError(
+                    f"Prometheus at {self.url} did not answer within {self.timeout:g}s (the query timeout)"
+                ) from None
             raise ProviderError(
                 f"Prometheus at {self.url} is unreachable: {type(err).__name__}: {err}"
             ) from None
         except ValueError as err:  # a body that is not JSON
             raise ProviderError(f"Prometheus at {self.url} sent a malformed response: {err}") from None
         return _single_value(promql, result)
+
+
+def _timed_out(err: requests.exceptions.RequestException) -> bool:
+    """A timeout, also when urllib3 wrapped it (no retries: ``MaxRetryError(reason=ReadTimeoutError)``)."""
+    if isinstance(err, requests.exceptions.Timeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    # urllib3 2 derives NewConnectionError (refused, no route) from ConnectTimeoutError
+    return isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+        reason, urllib3.exceptions.NewConnectionError
+    )
 
 
 def _single_value(promql: str, result: Any) -> float | None:
