@@ -8,7 +8,7 @@ policy), in a worker thread (the Prometheus client is synchronous)::
     act     a manual action annotation (promote/abort/resume)   -> apply_manual
             a new revision (content hash of the cascade)          -> start_rollout
     observe if an analysis is due: query the metrics provider     -> Observations
-    decide  decide(...) -> next_status(...)
+    decide  decide(...) -> next_status(...) -> next_shadow(...) (the canary's shadow rate)
     apply   status (merge patch with a resourceVersion precondition), then the children
             (server-side apply, only what changed since the last apply, and everything again
             every RESYNC_SECONDS to repair hand edits)
@@ -56,6 +56,7 @@ from ..rollout.decide import (
 )
 from ..rollout.observations import Observations
 from ..rollout.risks import flag_risks, risk_event
+from ..rollout.shadow_rate import next_shadow
 from ..rollout.status import PolicyStatus, StatusError, parse_status
 from . import render
 from .client import (
@@ -339,6 +340,7 @@ class Reconciler:
             )
         decision = decide(spec.rollout, status, obs, now)
         status = next_status(status, decision, now, generation)
+        status = next_shadow(status, spec, obs.shadow if obs is not None else None, now)
         result.decision = decision
         if status.observed_generation != generation:
             status = status.model_copy(update={"observed_generation": generation})

@@ -112,12 +112,22 @@ def proxy_config(
     policy: str, namespace: str, spec: CascadePolicySpec, status: PolicyStatus
 ) -> ProxyConfig | None:
     """The proxy config a policy's status stands for: its stable revision, its canary at the
-    current weight (none at weight 0) and the settings of ``spec.proxy``. None before the first
+    current weight (none at weight 0), the settings of ``spec.proxy`` and the canary's shadow rate
+    when the operator chose one (``status.shadow``, with ``spec.proxy.shadowBudget``). None before the first
     revision. The only builder of the operator's proxy config: the reconciler renders and hashes
     exactly this."""
     if status.stable is None:
         return None
     canary = status.canary if status.canary is not None and status.canary_weight > 0 else None
+    shadow = status.shadow
+    rates = (
+        {canary.name: shadow.rate}
+        if canary is not None
+        and shadow is not None
+        and shadow.revision == canary.name
+        and shadow.rate != spec.proxy.shadow_rate
+        else {}
+    )
     return ProxyConfig(
         policy=policy,
         namespace=namespace,
@@ -125,6 +135,7 @@ def proxy_config(
         canary=canary,
         canary_weight=status.canary_weight if canary is not None else 0,
         settings=ProxySettings.from_deployment(spec.proxy),
+        shadow_rates=rates,
     )
 
 
