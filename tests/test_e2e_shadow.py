@@ -23,6 +23,7 @@ import pytest
 from test_e2e_rollout import E2E, NS, Endpoint, e2e, env  # noqa: F401  (the module's fixtures)
 from test_operator_k8s import cli, config_of, status_of, until
 
+pytest_plugins = ["infra.fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
 
 BASE_RATE = 0.02
