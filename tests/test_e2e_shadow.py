@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from test_e2e_rollout import E2E, NS, Endpoint, e2e, env  # noqa: F401  (the module's fixtures)
-from test_operator_k8s import cli, config_of, status_of, until
+from test_operator_k8s import cli, config_of, merge_patch, policies_path, status_of, until
 
 pytest_plugins = ["infra.fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
@@ -120,7 +120,35 @@ def test_a_low_traffic_canary_gets_its_shadow_rate_raised_then_back_to_base(env:
         f"expected spend {shadow['expectedSpendPerHour']:.4f} USD/h); load {load.ok} ok"
     )
 
-    # 4. after promotion every revision is back at the base rate
+    # 4. a budget of half that spend caps the rate (a spec change, no new revision)
+    raised = status_of(rig.cluster, NS, name)["shadow"]
+    budget = raised["expectedSpendPerHour"] / 2
+    merge_patch(
+        rig.cluster,
+        policies_path(NS, name),
+        {"spec": {"proxy": {"shadowBudget": {"maxSpendPerHour": budget}}}},
+    )
+    capped = until(
+        lambda: (sh := status_of(rig.cluster, NS, name)["shadow"])["reason"] == "CappedByBudget" and sh,
+        30,
+        "the rate capped by the smaller budget",
+        diag,
+    )
+    assert capped["maxSpendPerHour"] == pytest.approx(budget)
+    assert BASE_RATE < capped["rate"] < raised["rate"] and capped["expectedSpendPerHour"] <= budget, capped
+    assert status_of(rig.cluster, NS, name)["canaryRevision"] == canary  # the same rollout goes on
+    until(
+        lambda: (
+            (c := config_of(rig.cluster, NS, name)) is not None
+            and c.shadow_rates.get(canary) == capped["rate"]
+        ),
+        30,
+        "the capped rate in the ConfigMap",
+        diag,
+    )
+    print(f"budget {budget:.4f} USD/h: rate {capped['rate']} ({capped['message']})")
+
+    # 5. after promotion every revision is back at the base rate
     res = cli("promote", name, "-n", NS, "--wait", "30", kubeconfig=rig.cluster.kubeconfig)
     assert res.returncode == 0, res.stderr
     st = until(
