@@ -302,6 +302,23 @@ def test_without_a_budget_the_operator_leaves_the_rate_alone() -> None:
     assert next_shadow(rolling(old), plain, obs(), T0).shadow is None  # a budget removed mid-rollout
 
 
+def test_traffic_seen_before_a_step_advance_is_scaled_to_the_new_weight() -> None:
+    seen = ShadowObservation({"cheap": 3.0, "mid": None}, 1e-4, 0.9, canary_weight=10)
+    at20 = seen.at_weight(20)
+    assert at20.accepted_per_second == {"cheap": pytest.approx(6.0), "mid": None}
+    assert at20.other_spend_per_hour == pytest.approx(0.9 * 80 / 90) and at20.canary_weight == 20
+    assert seen.at_weight(10) is seen and ShadowObservation({"a": 1.0}).at_weight(50).accepted_per_second == {
+        "a": 1.0
+    }
+    assert seen.at_weight(100).other_spend_per_hour == 0.0
+    # the analysis that moved 10% -> 20% chooses for 20%: twice the traffic, half the rate
+    seen = ShadowObservation({"cheap": 3.0}, 1e-4, canary_weight=10)
+    same = next_shadow(rolling(weight=10), SPEC, seen, T0).shadow
+    advanced = next_shadow(rolling(weight=20), SPEC, seen, T0).shadow
+    assert same is not None and advanced is not None
+    assert (same.rate, advanced.rate) == (0.334, 0.167)
+
+
 def test_budget_min_samples_overrides_the_rollouts() -> None:
     spec = policy_spec({"maxSpendPerHour": 100.0, "minSamples": 6})
     st = next_shadow(rolling(), spec, obs({"cheap": 1.0}, cost=1e-3), T0)
@@ -392,7 +409,7 @@ def test_the_production_observer_adds_the_shadow_observation_only_with_a_budget(
     assert observer(spec=policy_spec(None), **kw).shadow is None
     asked = len(provider.queries)
     got = observer(spec=SPEC, **kw)
-    assert got.shadow == ShadowObservation({"cheap": 1.0}, 1.0, 1.0)
+    assert got.shadow == ShadowObservation({"cheap": 1.0}, 1.0, 1.0, canary_weight=10)
     assert len(provider.queries) - asked == asked + 3  # the same SLO queries plus three for the rate
     down = metrics_observer(FakeProvider(down=True))(spec=SPEC, **kw)
     assert down.provider_error and down.shadow is not None and down.shadow.error == down.provider_error

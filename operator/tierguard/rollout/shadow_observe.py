@@ -92,4 +92,4 @@ def with_shadow(
     if obs.provider_error is not None:
         return replace(obs, shadow=ShadowObservation(error=obs.provider_error))
     shadow = observe_shadow(policy, namespace, spec.rollout.interval, status.canary, status.stable, provider)
-    return replace(obs, shadow=shadow)
+    return replace(obs, shadow=replace(shadow, canary_weight=status.canary_weight))

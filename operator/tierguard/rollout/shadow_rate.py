@@ -16,8 +16,10 @@ the canary's rate each analysis interval (:func:`choose_shadow_rate`):
   rate. Missing data never raises spend.
 
 A rate that is still enough and at most :data:`KEEP_ABOVE_NEEDED` above what is needed is kept, so
-the ConfigMap is not rewritten for every wobble of the traffic. :func:`next_shadow` turns the
-choice into the status' ``shadow`` field, and back to the base rate once the rollout ends.
+the ConfigMap is not rewritten for every wobble of the traffic. When the analysis that observed
+the traffic also advanced the step, the traffic is scaled to the new weight first.
+:func:`next_shadow` turns the choice into the status' ``shadow`` field, and back to the base rate
+once the rollout ends.
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def next_shadow(
 
     Without ``spec.proxy.shadowBudget`` there is none (every revision runs ``shadowRate``). While a
     canary rolls out, an analysis (``observed`` set) chooses its rate; between analyses the rate
-    stays. Outside a rollout (promoted, rolled back, aborted) the rate is the base rate."""
+    stays. Outside a rollout (promoted, rolled back, aborted) the rate is the base rate.
+
+    ``observed`` is the interval before this analysis; when the same analysis advanced the step,
+    its traffic is scaled to the new weight (:meth:`ShadowObservation.at_weight`)."""
     budget = spec.proxy.shadow_budget
     if budget is None:
         return status if status.shadow is None else status.model_copy(update={"shadow": None})
@@ -151,8 +156,9 @@ def next_shadow(
     else:
         min_samples = budget.min_samples or spec.rollout.min_samples
         previous = current.rate if same and current is not None else None
+        expected = observed.at_weight(status.canary_weight)
         choice = choose_shadow_rate(
-            base, budget, min_samples, parse_duration(spec.rollout.interval), observed, previous
+            base, budget, min_samples, parse_duration(spec.rollout.interval), expected, previous
         )
     shadow = ShadowStatus(
         revision=canary,
