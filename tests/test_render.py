@@ -463,6 +463,10 @@ class _RecordingApi:
         self.applied += 1
         return obj
 
+    def get(self, path: str) -> dict[str, Any]:
+        assert "/pods?labelSelector=app.kubernetes.io" in path, path
+        return {"items": []}  # no proxy pods to annotate
+
 
 def _observer(**_: Any) -> Observations:
     return Observations()

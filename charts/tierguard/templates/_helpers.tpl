@@ -62,6 +62,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Proxy pods: annotated with the config hash after a ConfigMap write, so the kubelet re-reads
+# the mounted file at once instead of at its next periodic sync.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
 {{- end -}}
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import kopf
 
@@ -402,6 +403,38 @@ class Reconciler:
                 continue
             self.api.apply(child)
             self._record_applied(key, child["kind"], fingerprint)
+            if child["kind"] == "ConfigMap":
+                self._nudge_proxy_pods(key, config.config_hash())
+
+    def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
+        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
+
+        A pod update makes the kubelet sync that pod at once, and the sync re-reads its ConfigMap
+        volumes, so the proxy sees a new weight about a second after the ConfigMap changes instead
+        of after the kubelet's next periodic sync (up to a minute or more with its defaults; see
+        docs/operator.md, "Time to rollback"). Best effort: a pod that is gone, or a Role without
+        ``pods`` (an older chart), only costs the faster path, never the reconcile."""
+        namespace, policy = key
+        selector = ",".join(f"{k}={v}" for k, v in render.selector_labels(policy).items())
+        try:
+            pods = self.api.get(f"/api/v1/namespaces/{quote(namespace)}/pods?labelSelector={quote(selector)}")
+        except KubeError as err:
+            log.warning("%s/%s: cannot list the proxy pods to nudge them (%s)", namespace, policy, err)
+            return
+        patch = {"metadata": {"annotations": {render.ANNOTATION_CONFIG_HASH: config_hash}}}
+        for pod in pods.get("items", []):
+            meta = pod.get("metadata", {})
+            if (
+                meta.get("deletionTimestamp")
+                or (meta.get("annotations") or {}).get(render.ANNOTATION_CONFIG_HASH) == config_hash
+            ):
+                continue
+            path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(meta['name'])}"
+            try:
+                self.api.merge_patch(path, patch)
+            except KubeError as err:
+                if not err.not_found:
+                    log.warning("%s/%s: cannot annotate pod %s (%s)", namespace, policy, meta["name"], err)
 
     def _post_events(self, obj: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
@@ -484,7 +517,9 @@ def _transition_events(
                 out.append(("Warning", "CheckFailed", decision.message))
             else:
                 before = cond.get_condition(old.conditions, cond.PROGRESSING)
-                if before is None or before.reason != decision.reason:
+                # once stalled, Progressing's reason is ProgressDeadlineExceeded: no Hold Event per tick
+                stalled_before = decision.stalled and cond.is_true(old.conditions, cond.DEGRADED)
+                if not stalled_before and (before is None or before.reason != decision.reason):
                     out.append(("Normal", f"Hold{decision.reason}", decision.message))
             if decision.stalled and not cond.is_true(old.conditions, cond.DEGRADED):
                 out.append(("Warning", "ProgressDeadlineExceeded", decision.message))
