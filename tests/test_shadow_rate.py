@@ -437,3 +437,25 @@ def test_tierguard_status_shows_the_shadow_rate() -> None:
         "1.0 USD/h)\n                  raised to collect 60.1 shadow samples per interval on tier cheap (of 50)"
     ) in text
     assert "shadow rate" not in format_status({"metadata": {}, "status": rolling().to_dict()})
+
+
+def test_pod_annotations_carry_the_rates_the_hash_leaves_out() -> None:
+    raised = render.proxy_config(
+        "chat", "prod", SPEC, next_shadow(rolling(), SPEC, obs({"cheap": 3.0}, 1e-4), T0)
+    )
+    base = render.proxy_config("chat", "prod", SPEC, rolling())
+    assert raised is not None and base is not None
+    h = raised.config_hash()
+    assert render.pod_annotations(base) == {render.ANNOTATION_CONFIG_HASH: h}
+    stamped = render.pod_annotations(raised)
+    assert stamped == {
+        render.ANNOTATION_CONFIG_HASH: h,
+        render.ANNOTATION_SHADOW_RATES: f"{CANARY.name}=0.334",
+    }
+    assert render.pod_annotation_patch(raised, stamped) == {}
+    assert render.pod_annotation_patch(raised, {render.ANNOTATION_CONFIG_HASH: h}) == {
+        render.ANNOTATION_SHADOW_RATES: f"{CANARY.name}=0.334"
+    }
+    # back at the base rate: the stale stamp is removed (a merge patch null), the hash left alone
+    assert render.pod_annotation_patch(base, stamped) == {render.ANNOTATION_SHADOW_RATES: None}
+    assert render.pod_annotation_patch(base, None) == {render.ANNOTATION_CONFIG_HASH: h}

@@ -404,10 +404,11 @@ class Reconciler:
             self.api.apply(child)
             self._record_applied(key, child["kind"], fingerprint)
             if child["kind"] == "ConfigMap":
-                self._nudge_proxy_pods(key, config.config_hash())
+                self._nudge_proxy_pods(key, config)
 
-    def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
-        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
+    def _nudge_proxy_pods(self, key: Key, config: ProxyConfig) -> None:
+        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap (and
+        the canary's shadow rate, which the hash leaves out: :func:`render.pod_annotations`).
 
         A pod update makes the kubelet sync that pod at once, and the sync re-reads its ConfigMap
         volumes, so the proxy sees a new weight about a second after the ConfigMap changes instead
@@ -421,17 +422,14 @@ class Reconciler:
         except KubeError as err:
             log.warning("%s/%s: cannot list the proxy pods to nudge them (%s)", namespace, policy, err)
             return
-        patch = {"metadata": {"annotations": {render.ANNOTATION_CONFIG_HASH: config_hash}}}
         for pod in pods.get("items", []):
             meta = pod.get("metadata", {})
-            if (
-                meta.get("deletionTimestamp")
-                or (meta.get("annotations") or {}).get(render.ANNOTATION_CONFIG_HASH) == config_hash
-            ):
+            annotations = render.pod_annotation_patch(config, meta.get("annotations"))
+            if meta.get("deletionTimestamp") or not annotations:
                 continue
             path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(meta['name'])}"
             try:
-                self.api.merge_patch(path, patch)
+                self.api.merge_patch(path, {"metadata": {"annotations": annotations}})
             except KubeError as err:
                 if not err.not_found:
                     log.warning("%s/%s: cannot annotate pod %s (%s)", namespace, policy, meta["name"], err)
