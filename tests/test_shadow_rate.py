@@ -251,6 +251,10 @@ def test_an_analysis_sets_the_canary_rate_in_the_status() -> None:
     # below the base rate: the base rate)
     capped = next_shadow(rolling(), SPEC, obs({"cheap": 10.0}), T0).shadow
     assert capped is not None and (capped.reason, capped.rate) == ("CappedByBudget", 0.05)
+    assert capped.message == (
+        "collecting 50 shadow samples per interval on tier cheap needs rate 0.1; the budget of 1 USD/h "
+        "allows 0.0277 (the base rate 0.05 is the floor): 30.0 shadow samples per interval on tier cheap (of 50)"
+    )
 
 
 def test_between_analyses_the_rate_stays() -> None:

@@ -101,7 +101,8 @@ def choose_shadow_rate(
             None,
             "no cost per shadow call observed yet (no shadow or last-tier call of the canary): base rate",
         )
-    ceiling, capped_by = budget.max_rate, "CappedByMaxRate"
+    ceiling = budget.max_rate
+    capped_by: ShadowReason = "CappedByMaxRate"
     if cost > 0.0:
         allowance = budget.max_spend_per_hour - observed.other_spend_per_hour
         by_budget = _round_sig(max(0.0, allowance) / (total * 3600.0 * cost), up=False)
@@ -118,11 +119,13 @@ def choose_shadow_rate(
         if capped_by == "CappedByBudget"
         else f"maxRate {budget.max_rate:g}"
     )
+    floor = f" (the base rate {base_rate:g} is the floor)" if rate > ceiling else ""
     return ShadowRate(
         rate,
-        capped_by,  # type: ignore[arg-type]
+        capped_by,
         spend(rate),
-        f"{samples(needed)} needs rate {needed:.3g}; {limit} allows {rate:g}: {samples(rate)}",
+        f"collecting {min_samples} shadow samples per interval on tier {slowest} needs rate {needed:.3g}; "
+        f"{limit} allows {ceiling:g}{floor}: {samples(rate)}",
     )
 
 
