@@ -259,6 +259,16 @@ def test_shadow_observer_offers_answers_the_client_received():
     assert scorer.calls == [(rt.stable, 1, 0.25, 16, d.request, "B", "id-1", d.attempts)]
 
 
+def test_shadow_observer_offers_the_revisions_own_rate():
+    """A per-revision rate (the operator's raised canary rate) overrides settings.shadowRate."""
+    data = config(shadow_rate=0.05).model_dump(by_alias=True)
+    rt = Runtime(ProxyConfig.model_validate({**data, "shadowRates": {"r1": 0.6}}), session=None)
+    scorer = Scorer()
+    d = escalated(rt)
+    ShadowObserver(scorer).observe(d)
+    assert scorer.calls[0][2] == 0.6
+
+
 @pytest.mark.parametrize("change", ["no_answer", "failed", "not_answered"])
 def test_shadow_observer_skips_what_the_client_did_not_get(change):
     rt = runtime(shadow_rate=1.0)

@@ -66,6 +66,13 @@ PANELS: tuple[Panel, ...] = (
         description="Share of a tier's accepted answers the last tier agrees with (spec.proxy.shadowRate).",
     ),
     Panel(
+        "Shadow rate",
+        f"max by (policy, revision) ({m.SHADOW_RATE}{{{SEL}}})",
+        "{{policy}} {{revision}}",
+        description="Share of accepted cheaper answers re-asked per revision: spec.proxy.shadowRate, or "
+        "the canary's rate the operator chose within spec.proxy.shadowBudget.",
+    ),
+    Panel(
         "Thumbs-down rate (feedback)",
         _ratio(_rate(f"{m.FEEDBACK}_total", 'rating="down"'), _rate(f"{m.FEEDBACK}_total")),
         "{{revision}} {{tier}}",

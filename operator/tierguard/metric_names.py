@@ -46,6 +46,7 @@ SHADOW_SAMPLES = f"{PREFIX}_shadow_samples"  # labels: policy, revision, tier (t
 SHADOW_DISAGREEMENTS = f"{PREFIX}_shadow_disagreements"  # labels: policy, revision, tier
 SHADOW_COST_USD = f"{PREFIX}_shadow_cost_usd"  # labels: policy, revision
 SHADOW_SKIPPED = f"{PREFIX}_shadow_skipped"  # labels: policy, reason(busy|error)
+SHADOW_RATE = f"{PREFIX}_shadow_rate"  # gauge; labels: policy, revision (the applied shadow rate)
 # confidence drift: PSI of a tier's recent calibrated confidences vs its calibration reference
 CONFIDENCE_PSI = f"{PREFIX}_confidence_psi"  # gauge; labels: policy, revision, tier
 

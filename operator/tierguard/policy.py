@@ -452,7 +452,34 @@ class ProxyBehaviour(Model):
     )
 
 
+class ShadowBudget(Model):
+    """Operator-managed shadow scoring during a rollout (docs/rollout.md, "The shadow budget"): the
+    canary's shadow rate is raised from ``shadowRate`` so that each analysis interval collects the
+    minimum samples per tier at the observed traffic, within this spend."""
+
+    max_spend_per_hour: float = Field(
+        ge=0.0,
+        description="USD per hour that shadow calls may cost at most (the stable revision's at its "
+        "base rate included); the canary's rate is never raised past it.",
+    )
+    max_rate: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="The canary's shadow rate is never raised above this."
+    )
+    min_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Shadow samples per cheaper tier per analysis interval to aim for; omitted: "
+        "spec.rollout.minSamples.",
+    )
+
+
 class ProxyDeployment(ProxyBehaviour):
+    shadow_budget: ShadowBudget | None = Field(
+        default=None,
+        description="Let the operator raise the canary's shadow rate during a rollout, within this "
+        "budget; omitted: every revision uses shadowRate.",
+    )
     replicas: int = Field(default=2, ge=1, le=100)
     image: str = Field(default="ghcr.io/tierguard/tierguard:0.1.0")
     port: int = Field(default=8080, ge=1, le=65535)
@@ -635,15 +662,42 @@ class ProxyConfig(Model):
     canary: Revision | None = None
     canary_weight: int = Field(default=0, ge=0, le=100)
     settings: ProxySettings = Field(default_factory=ProxySettings)
+    shadow_rates: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="Shadow rate per revision name, overriding settings.shadowRate for that revision "
+        "(the operator raises the canary's during a rollout). Not part of the config hash.",
+    )
 
     @model_validator(mode="after")
     def _weight_needs_canary(self) -> ProxyConfig:
         if self.canary is None and self.canary_weight:
             raise ValueError("canaryWeight > 0 needs a canary revision")
+        names = {self.stable.name} | ({self.canary.name} if self.canary else set())
+        unknown = sorted(set(self.shadow_rates) - names)
+        if unknown:
+            raise ValueError(f"shadowRates names revisions that are not served: {', '.join(unknown)}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_empty_shadow_rates(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Without overrides the serialised form stays what it was before the field existed.
+        data = handler(self)
+        if not self.shadow_rates and isinstance(data, dict):
+            data.pop("shadow_rates", None)
+            data.pop("shadowRates", None)
+        return data
+
+    def shadow_rate_for(self, revision: str) -> float:
+        """The shadow rate of one revision: its override, else ``settings.shadowRate``."""
+        return self.shadow_rates.get(revision, self.settings.shadow_rate)
+
     def config_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        """A short hash of the routing and settings. The per-revision shadow rates are left out:
+        a measurement setting the operator adjusts every analysis interval, it must not make the
+        proxies look stale (an interval only counts on the current config hash)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data.pop("shadowRates", None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

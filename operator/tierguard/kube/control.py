@@ -228,6 +228,23 @@ def _step(obj: dict[str, Any]) -> str:
     return f"{int(st['currentStep']) + 1}/{n}"
 
 
+def _shadow_lines(shadow: Any) -> list[str]:
+    """The operator-managed shadow rate (``status.shadow``), when the policy has a budget."""
+    if not isinstance(shadow, dict):
+        return []
+    spend = shadow.get("expectedSpendPerHour")
+    spent = "unknown" if spend is None else f"{spend:.4g}"
+    where = f" for {shadow['revision']}" if shadow.get("revision") else ""
+    lines = [
+        f"  shadow rate:    {shadow.get('rate', '-')}{where} ({shadow.get('reason', '-')}; "
+        f"base {shadow.get('baseRate', '-')}; expected spend {spent} of "
+        f"{shadow.get('maxSpendPerHour', '-')} USD/h)"
+    ]
+    if shadow.get("message"):
+        lines.append(f"                  {shadow['message']}")
+    return lines
+
+
 def format_status(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata", {})
     st = obj.get("status") or {}
@@ -252,6 +269,7 @@ def format_status(obj: dict[str, Any]) -> str:
             f"  tuned:          revision {tuned.revision} at {tuned.time}, {tuned.summary()} "
             f"(approval {tuned.approval})"
         )
+    lines += _shadow_lines(st.get("shadow"))
     conds = st.get("conditions") or []
     if conds:
         lines.append("  conditions:")

@@ -8,7 +8,7 @@ policy), in a worker thread (the Prometheus client is synchronous)::
     act     a manual action annotation (promote/abort/resume)   -> apply_manual
             a new revision (content hash of the cascade)          -> start_rollout
     observe if an analysis is due: query the metrics provider     -> Observations
-    decide  decide(...) -> next_status(...)
+    decide  decide(...) -> next_status(...) -> next_shadow(...) (the canary's shadow rate)
     apply   status (merge patch with a resourceVersion precondition)
     record  an Event for every transition (right after the status write it describes)
     apply   the children (server-side apply, only what changed since the last apply, and
@@ -62,6 +62,7 @@ from ..rollout.decide import (
 )
 from ..rollout.observations import Observations
 from ..rollout.risks import flag_risks, risk_event
+from ..rollout.shadow_rate import next_shadow
 from ..rollout.status import PolicyStatus, StatusError, parse_status
 from . import autotune, render
 from .client import (
@@ -355,6 +356,7 @@ class Reconciler:
             )
         decision = decide(rollout, status, obs, now)
         status = next_status(status, decision, now, generation)
+        status = next_shadow(status, spec, obs.shadow if obs is not None else None, now)
         result.decision = decision
         if status.observed_generation != generation:
             status = status.model_copy(update={"observed_generation": generation})
@@ -450,12 +452,13 @@ class Reconciler:
             self.api.apply(child)
             self._record_applied(key, child["kind"], fingerprint)
             if child["kind"] == "ConfigMap":
-                self._nudge_proxy_pods(key, config.config_hash())
+                self._nudge_proxy_pods(key, config)
         if spec.auto_tune is None:  # after the proxies' children: they are the critical path
             self._suspend_tune(owner)
 
-    def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
-        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
+    def _nudge_proxy_pods(self, key: Key, config: ProxyConfig) -> None:
+        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap (and
+        the canary's shadow rate, which the hash leaves out: :func:`render.pod_annotations`).
 
         A pod update makes the kubelet sync that pod at once, and the sync re-reads its ConfigMap
         volumes, so the proxy sees a new weight about a second after the ConfigMap changes instead
@@ -469,17 +472,14 @@ class Reconciler:
         except KubeError as err:
             log.warning("%s/%s: cannot list the proxy pods to nudge them (%s)", namespace, policy, err)
             return
-        patch = {"metadata": {"annotations": {render.ANNOTATION_CONFIG_HASH: config_hash}}}
         for pod in pods.get("items", []):
             meta = pod.get("metadata", {})
-            if (
-                meta.get("deletionTimestamp")
-                or (meta.get("annotations") or {}).get(render.ANNOTATION_CONFIG_HASH) == config_hash
-            ):
+            annotations = render.pod_annotation_patch(config, meta.get("annotations"))
+            if meta.get("deletionTimestamp") or not annotations:
                 continue
             path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(meta['name'])}"
             try:
-                self.api.merge_patch(path, patch)
+                self.api.merge_patch(path, {"metadata": {"annotations": annotations}})
             except KubeError as err:
                 if not err.not_found:
                     log.warning("%s/%s: cannot annotate pod %s (%s)", namespace, policy, meta["name"], err)

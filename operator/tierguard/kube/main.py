@@ -31,6 +31,7 @@ from ..metrics.provider import MetricsProvider, ProviderError
 from ..policy import CascadePolicySpec, QualitySLOSpec
 from ..rollout.analysis import observe
 from ..rollout.observations import Observations
+from ..rollout.shadow_observe import with_shadow
 from ..rollout.status import PolicyStatus
 from .client import KubeApi, KubeError, load_api_client
 from .handlers import Observer, Reconciler, configure_settings, register
@@ -117,7 +118,8 @@ def make_provider(url: str | None, timeout: float = 10.0) -> MetricsProvider:
 
 
 def metrics_observer(provider: MetricsProvider, *, namespace_label: bool = True) -> Observer:
-    """The production observer: :func:`tierguard.rollout.analysis.observe` on ``provider``."""
+    """The production observer: :func:`tierguard.rollout.analysis.observe` on ``provider``, plus
+    what the shadow-rate choice needs (:func:`tierguard.rollout.shadow_observe.with_shadow`)."""
 
     def observer(
         *,
@@ -128,7 +130,9 @@ def metrics_observer(provider: MetricsProvider, *, namespace_label: bool = True)
         slos: Mapping[str, QualitySLOSpec],
         now: datetime,
     ) -> Observations:
-        return observe(policy, namespace if namespace_label else None, spec, status, slos, provider)
+        ns = namespace if namespace_label else None
+        obs = observe(policy, ns, spec, status, slos, provider)
+        return with_shadow(obs, policy, ns, spec, status, provider)
 
     return observer
 

@@ -48,6 +48,7 @@ ANNOTATION_CONFIG_HASH = f"{API_GROUP}/config-hash"
 ANNOTATION_STABLE = f"{API_GROUP}/stable-revision"
 ANNOTATION_CANARY = f"{API_GROUP}/canary-revision"
 ANNOTATION_WEIGHT = f"{API_GROUP}/canary-weight"
+ANNOTATION_SHADOW_RATES = f"{API_GROUP}/shadow-rates"
 CHILD_SUFFIX = "-proxy"
 # A Service name is a DNS label (<= 63 characters) and so is the child name.
 MAX_POLICY_NAME = 63 - len(CHILD_SUFFIX)
@@ -113,12 +114,22 @@ def proxy_config(
     policy: str, namespace: str, spec: CascadePolicySpec, status: PolicyStatus
 ) -> ProxyConfig | None:
     """The proxy config a policy's status stands for: its stable revision, its canary at the
-    current weight (none at weight 0) and the settings of ``spec.proxy``. None before the first
+    current weight (none at weight 0), the settings of ``spec.proxy`` and the canary's shadow rate
+    when the operator chose one (``status.shadow``, with ``spec.proxy.shadowBudget``). None before the first
     revision. The only builder of the operator's proxy config: the reconciler renders and hashes
     exactly this."""
     if status.stable is None:
         return None
     canary = status.canary if status.canary is not None and status.canary_weight > 0 else None
+    shadow = status.shadow
+    rates = (
+        {canary.name: shadow.rate}
+        if canary is not None
+        and shadow is not None
+        and shadow.revision == canary.name
+        and shadow.rate != spec.proxy.shadow_rate
+        else {}
+    )
     return ProxyConfig(
         policy=policy,
         namespace=namespace,
@@ -126,6 +137,7 @@ def proxy_config(
         canary=canary,
         canary_weight=status.canary_weight if canary is not None else 0,
         settings=ProxySettings.from_deployment(spec.proxy),
+        shadow_rates=rates,
     )
 
 
@@ -146,6 +158,26 @@ def config_map(owner: Mapping[str, Any], config: ProxyConfig) -> Obj:
         "metadata": _metadata(owner, annotations),
         "data": {CONFIG_KEY: config_yaml(config)},
     }
+
+
+def pod_annotations(config: ProxyConfig) -> dict[str, str]:
+    """What the operator stamps on the proxy pods after a ConfigMap write (a pod update makes the
+    kubelet re-read the mounted file at once): the config hash, and the per-revision shadow rates
+    when there are any (they are not in the hash, and a new rate alone must reach the pods too)."""
+    out = {ANNOTATION_CONFIG_HASH: config.config_hash()}
+    if config.shadow_rates:
+        out[ANNOTATION_SHADOW_RATES] = ",".join(f"{r}={v:g}" for r, v in sorted(config.shadow_rates.items()))
+    return out
+
+
+def pod_annotation_patch(config: ProxyConfig, current: Mapping[str, str] | None) -> dict[str, str | None]:
+    """The annotations a pod carrying ``current`` needs for ``config`` (a merge patch: None
+    removes a stale shadow-rates annotation); empty when it is up to date."""
+    current = current or {}
+    patch: dict[str, str | None] = {k: v for k, v in pod_annotations(config).items() if current.get(k) != v}
+    if ANNOTATION_SHADOW_RATES in current and not config.shadow_rates:
+        patch[ANNOTATION_SHADOW_RATES] = None
+    return patch
 
 
 def config_from_config_map(cm: Mapping[str, Any] | None) -> ProxyConfig | None:

@@ -187,7 +187,12 @@ class ProxyApp:
         self.drift.retain(r.name for r in rt.revisions())
         self.metrics.policy = config.policy
         self.metrics.set_config(
-            rt.config_hash, rt.stable.name, rt.canary.name if rt.canary else None, rt.weight
+            rt.config_hash,
+            rt.stable.name,
+            rt.canary.name if rt.canary else None,
+            rt.weight,
+            # a capable-only revision has no cheaper answers to re-ask
+            {r.name: 0.0 if r.capable_only else config.shadow_rate_for(r.name) for r in rt.revisions()},
         )
         return rt
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -97,6 +98,9 @@ class ProxyMetrics:
         self.shadow_skipped = Counter(
             m.SHADOW_SKIPPED, "Shadow samples not taken", ["policy", "reason"], registry=r
         )
+        self.shadow_rate = Gauge(
+            m.SHADOW_RATE, "The shadow rate applied per revision", ["policy", "revision"], registry=r
+        )
         # Every request looks up ~10 labelled series; prometheus_client's labels() validates and
         # locks on each call. Remember the children (these series are never removed or cleared).
         for metric in (
@@ -112,7 +116,18 @@ class ProxyMetrics:
         ):
             metric.labels = lru_cache(maxsize=4096)(metric.labels)  # type: ignore[method-assign, assignment]
 
-    def set_config(self, config_hash: str, stable: str, canary: str | None, weight: int) -> None:
+    def set_config(
+        self,
+        config_hash: str,
+        stable: str,
+        canary: str | None,
+        weight: int,
+        shadow_rates: Mapping[str, float] | None = None,
+    ) -> None:
+        """Export the applied config; ``shadow_rates``: the shadow rate of each served revision."""
         self.config_info.clear()
         self.config_info.labels(self.policy, config_hash, stable, canary or "").set(1)
         self.canary_weight.labels(self.policy).set(weight)
+        self.shadow_rate.clear()
+        for revision, rate in (shadow_rates or {}).items():
+            self.shadow_rate.labels(self.policy, revision).set(rate)

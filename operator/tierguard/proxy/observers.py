@@ -139,12 +139,12 @@ class ShadowObserver:
     def observe(self, decision: Decision) -> None:
         if decision.answer is None or decision.answered is None or decision.failure is not None:
             return
-        settings = decision.runtime.config.settings
+        config = decision.runtime.config
         self.scorer.maybe_sample(
             decision.revision,
             decision.answered,
-            settings.shadow_rate,
-            settings.shadow_max_in_flight,
+            config.shadow_rate_for(decision.revision.name),
+            config.settings.shadow_max_in_flight,
             decision.request,
             decision.answer,
             decision.response_id,

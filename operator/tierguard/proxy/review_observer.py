@@ -50,7 +50,7 @@ class ReviewObserver:
         spec = self.review.spec
         rate = spec.escalation_rate if spec is not None else None
         if rate is None:
-            rate = decision.runtime.config.settings.shadow_rate
+            rate = decision.runtime.config.shadow_rate_for(rev.name)  # the revision's, as shadow calls use
         if rate <= 0.0 or self.rng.random() >= rate:
             return
         results = compare_attempts(

@@ -3,7 +3,8 @@
 
 Queries per interval: one for the config hash, one sample count per checked tier (the entry tier
 always), one per (objective, tier) for the canary, and for relative bounds one or two more for the
-stable revision. An unreachable provider stops at the first query.
+stable revision. An unreachable provider stops at the first query. With
+``spec.proxy.shadowBudget`` the shadow rate needs a few more (:mod:`.shadow_observe`).
 """
 
 from __future__ import annotations

@@ -99,6 +99,36 @@ class ActionRecord(StatusModel):
     token: str | None = Field(default=None, description="The annotation value that requested it.")
 
 
+ShadowReason = Literal[
+    "Base",
+    "RaisedForSamples",
+    "CappedByBudget",
+    "CappedByMaxRate",
+    "NoTrafficObserved",
+    "NoCostObserved",
+    "ProviderError",
+]
+
+
+class ShadowStatus(StatusModel):
+    """The shadow rate the operator chose (``spec.proxy.shadowBudget``; docs/rollout.md)."""
+
+    revision: str | None = Field(
+        default=None, description="The canary revision the rate applies to; omitted: every revision."
+    )
+    rate: float = Field(ge=0.0, le=1.0, description="The shadow rate of that revision.")
+    base_rate: float = Field(ge=0.0, le=1.0, description="spec.proxy.shadowRate: every other revision's.")
+    reason: ShadowReason
+    expected_spend_per_hour: float | None = Field(
+        default=None,
+        description="Expected shadow spend in USD per hour at the observed traffic (every revision); "
+        "omitted when unknown.",
+    )
+    max_spend_per_hour: float = Field(description="spec.proxy.shadowBudget.maxSpendPerHour.")
+    message: str = ""
+    time: datetime = Field(description="When the rate was chosen.")
+
+
 class PolicyStatus(StatusModel):
     phase: Phase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -123,6 +153,9 @@ class PolicyStatus(StatusModel):
     )
     last_action: ActionRecord | None = None
     previous_phase: Phase | None = Field(default=None, description="The phase before it became Invalid.")
+    shadow: ShadowStatus | None = Field(
+        default=None, description="The operator-managed shadow rate (with spec.proxy.shadowBudget)."
+    )
 
     @property
     def rolling(self) -> bool:
