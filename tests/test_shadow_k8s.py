@@ -7,22 +7,24 @@ base rate again after an abort."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from test_operator_k8s import (  # noqa: F401  (crds and ticks are the module's fixtures)
+from test_operator_k8s import (  # noqa: F401  (crds is the module's fixture)
     Clock,
     Metrics,
     _reconciler,
     config_of,
     crds,
     get,
+    install_chart_rbac,
+    load_api_client,
     merge_patch,
     policies_path,
     policy_manifest,
     status_of,
-    ticks,
 )
 from tierguard.kube.client import ACTION_ANNOTATION, KubeApi
 from tierguard.localenv.kube import KubeCluster
@@ -30,6 +32,16 @@ from tierguard.metrics.fake import FakeProvider
 
 pytest_plugins = ["infra.fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.k8s]
+
+
+@pytest.fixture(scope="module")
+def ticks(kube_cluster: KubeCluster, crds: list[str]) -> Iterator[tuple[str, KubeApi]]:  # noqa: F811
+    """A namespace of its own with the chart's RBAC and no operator: the test drives reconciles
+    (test_operator_k8s's ticks namespace is installed once per session by that module)."""
+    ns = "shadow-ticks"
+    kubeconfig = install_chart_rbac(kube_cluster, ns)
+    yield ns, KubeApi(load_api_client(str(kubeconfig)))
+
 
 SHADOW_RATES = "tierguard.io/shadow-rates"
 CONFIG_HASH = "tierguard.io/config-hash"
@@ -62,7 +74,7 @@ class ShadowMetrics(Metrics):
 
 def test_ticks_raise_the_canary_rate_stamp_the_pods_and_return_to_base(
     kube_cluster: KubeCluster,
-    ticks: tuple[str, KubeApi],  # noqa: F811
+    ticks: tuple[str, KubeApi],
 ) -> None:
     ns, api = ticks
     name = "shadow-ticks"
