@@ -1,0 +1,213 @@
+"""The closed-loop scenario: review labels feed tune, tune brings a drifted cascade back.
+
+Generated rows with known truth: a cheap tier whose confidence is calibrated before the shift and
+over-confident in a band after it; the capable tier is equally good throughout."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+
+from tierguard.calibration import with_confidence
+from tierguard.cascade import route
+from tierguard.outcomes import Row
+from tierguard.policy import parse_policy_spec
+from tierguard.replay.loop import Loop, LoopConfig, Table, TuneRequest, tune_thresholds
+
+SPEC = """
+tiers:
+  - name: cheap
+    baseUrl: http://127.0.0.1:9101/v1
+    model: cheap
+  - name: capable
+    baseUrl: http://127.0.0.1:9103/v1
+    model: capable
+"""
+CAPABLE = 0.85
+
+
+def _spec(threshold: float):
+    spec = parse_policy_spec(yaml.safe_load(SPEC))
+    return with_confidence(spec, thresholds=[threshold, 0.5])
+
+
+def rows(n: int, seed: int, shifted: bool) -> list[Row]:
+    """Cheap tier's raw confidence c ~ U(0.5, 1), right with probability c; after the shift the
+    band [0.9, 0.97) is right only with probability c - 0.3. Capable right with 0.85; costs 0.1 and 10."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        c = 0.5 + 0.5 * rng.random()
+        p = c - 0.3 if shifted and 0.9 <= c < 0.97 else c
+        out.append(
+            Row(
+                f"q{seed}-{i}",
+                "b",
+                "test",
+                "c",
+                f"question {i} about {'kidneys' if shifted else 'algebra'} topic {i % 13}",
+                (c, 0.9),
+                (rng.random() < p, rng.random() < CAPABLE),
+                (0.1, 10.0),
+                ("A", "A"),
+            )
+        )
+    return out
+
+
+def _loop(threshold=0.9, tuner=None, **kw):
+    cfg = LoopConfig(
+        "a", "b", shift_at=2000, horizon=6000, review_rate=0.2, tune_every=250, label_window=2000,
+        min_labels=30, runs=4, seed=3, **kw,
+    )  # fmt: skip
+    return Loop(_spec(threshold), rows(2000, 1, False), rows(2000, 2, True), rows(1000, 3, False), cfg, tuner)
+
+
+def test_table_routes_like_the_proxy():
+    spec = _spec(0.8)
+    rs = rows(300, 9, True)
+    table = Table(spec, rs, None)
+    rng = random.Random(1)
+    for _ in range(20):
+        thr = [rng.random()]
+        s = with_confidence(spec, thresholds=[thr[0], 0.5])
+        assert [table.answered(i, thr) for i in range(len(rs))] == [route(s, r.raw).answered_by for r in rs]
+
+
+@pytest.mark.parametrize("mode", ["calibration", "paired"])
+def test_tune_from_review_labels_brings_the_cascade_back_and_keeps_savings(mode):
+    out = _loop(target_mode=mode).run()
+    assert out["target_basis"].startswith("paired" if mode == "paired" else "capable's accuracy")
+    cap_after, floor = out["capable_accuracy_after"], out["capable_accuracy_after"] - 0.01
+    # the drift is real: the static policy falls below capable - 1 point after the shift
+    assert out["static_before"]["accuracy"] >= out["capable_accuracy_before"] - 0.01
+    assert out["static_after"]["accuracy"] < floor
+    # tuned: back within a point of the capable tier, in every run, and still cheaper
+    assert out["tuned_final"]["accuracy"] >= floor
+    assert out["never_back"] == 0 and out["median_back_after"] is not None
+    assert out["median_back_after"] <= 6000
+    assert 0.0 < out["tuned_final"]["savings"] < out["static_after"]["savings"]
+    assert out["tuned_final"]["thresholds"][0] > 0.9
+    # the curve: after the shift, once tuned, better than the static policy
+    assert all(c["tuned_accuracy"] > c["static_accuracy"] for c in out["curve"] if c["request"] >= 6000)
+    assert [c["request"] for c in out["curve"]][-1] == 8000
+    assert cap_after == pytest.approx(CAPABLE, abs=0.03)
+
+
+def test_the_tuner_is_one_function_behind_the_adapter():
+    seen: list[TuneRequest] = []
+
+    def keep(req: TuneRequest) -> list[float]:
+        seen.append(req)
+        return list(req.thresholds)
+
+    out = _loop(tuner=keep).run()
+    assert seen and all(len(r.labels) == 1 for r in seen)
+    assert all(lb.confidence >= 0.9 for r in seen for lb in r.labels[0])  # accepted answers only
+    assert out["tuned_final"]["accuracy"] == pytest.approx(out["static_after"]["accuracy"])
+    assert out["never_back"] == 4 and out["median_back_after"] is None
+
+
+def test_tune_thresholds_never_lowers_and_moves_at_most_max_step():
+    rng = random.Random(2)
+    from tierguard.review.tune import Label
+
+    labels = tuple(Label(0.9 + 0.1 * rng.random(), rng.random() < 0.5, 0.1) for _ in range(200))
+    none = ((None,) * 200,)
+    new = tune_thresholds(TuneRequest((0.9,), (labels,), none, 0.95, 0.01, 0.03, 30))
+    assert 0.9 < new[0] <= 0.93 + 1e-9
+    good = tuple(Label(0.95, True, 0.1) for _ in range(200))
+    assert tune_thresholds(TuneRequest((0.9,), (good,), none, 0.8, 0.01, 0.03, 30)) == [0.9]
+    # paired: against the capable tier's accuracy on the same answers: right on 30% of them, the
+    # cheap tier's 50% is good enough; right on all of them, it is not
+    weak = (tuple(i % 10 < 3 for i in range(200)),)
+    assert tune_thresholds(TuneRequest((0.9,), (labels,), weak, None, 0.01, 0.03, 30)) == [0.9]
+    strong = ((True,) * 200,)
+    assert tune_thresholds(TuneRequest((0.9,), (labels,), strong, None, 0.01, 0.03, 30))[0] > 0.9
+    # without any shadow label there is no paired target: the threshold stays
+    assert tune_thresholds(TuneRequest((0.9,), (labels,), none, None, 0.01, 0.03, 30)) == [0.9]
+
+
+# --- through the command, and the report in a real browser ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loop_report(tmp_path_factory):
+    from test_replay import POLICY, make_rows, tierguard, write_jsonl
+
+    tmp = tmp_path_factory.mktemp("loop")
+    rs = make_rows(900, seed=5, benchmark="easy") + make_rows(
+        900, seed=6, benchmark="hard", difficulty_shift=0.3
+    )
+    data = write_jsonl(tmp / "o.jsonl", rs)
+    policy = tmp / "p.yaml"
+    policy.write_text(POLICY)
+    out = tmp / "report"
+    proc = tierguard(
+        "replay", "--data", data, "--policy", policy, "--out", out, "--benchmark", "easy",
+        "--strategies", "capable-only,cascade", "--scenario", "loop", "--scenario-policy", "selected",
+        "--drift-from", "easy", "--drift-to", "hard", "--shift-at", "2000", "--horizon", "6000",
+        "--loop-review-rate", "0.1", "--tune-every", "500", "--label-window", "3000", "--min-labels", "30",
+        "--max-accuracy-drop", "0.02", "--runs", "3",
+    )  # fmt: skip
+    return out, proc
+
+
+def test_loop_scenario_through_the_command(loop_report):
+    import json
+
+    out, proc = loop_report
+    report = json.loads((out / "report.json").read_text())
+    lo = report["loop"]
+    assert lo["fit"]["source"].startswith("selected on train")
+    assert lo["tuner"] == "tune_thresholds"
+    assert len(lo["curve"]) == 8000 // 500 and len(lo["back_after"]) == 3
+    assert lo["median_labels"] > 0
+    assert "loop easy -> hard at request 2000" in proc.stdout
+    html = (out / "report.html").read_text()
+    assert "Scenario: the closed loop" in html and "<script" not in html.lower()
+
+
+def test_loop_scenario_bad_input_is_a_clear_error(tmp_path):
+    from test_replay import POLICY, make_rows, tierguard, write_jsonl
+
+    data = write_jsonl(tmp_path / "o.jsonl", make_rows(300, seed=5, benchmark="easy"))
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    common = ["replay", "--data", data, "--policy", policy, "--out", tmp_path / "r", "--scenario", "loop"]
+    proc = tierguard(*common, "--drift-from", "easy", "--drift-to", "nowhere", check=False)
+    assert proc.returncode != 0 and "no usable rows of benchmark 'nowhere'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = tierguard(*common, "--max-step", "0", check=False)
+    assert proc.returncode != 0 and "--max-step must lie in (0, 1]" in proc.stderr
+
+
+@pytest.mark.slow
+def test_loop_curves_render_in_headless_chromium(loop_report, tmp_path):
+    import subprocess
+
+    from needs import chromium
+
+    out, _ = loop_report
+    browser = chromium()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'p'}",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    section = dom[dom.index("Scenario: the closed loop") :]
+    assert section.count("<svg") == 2  # accuracy over time, savings over time
+    for name in ("static policy", "tuned from review labels", "capable tier alone"):
+        assert name in section
+    assert section.count("<polyline") >= 6  # 4 accuracy lines, 2 savings lines
+    assert 'id="loop-back"' in section
