@@ -211,3 +211,11 @@ def test_loop_curves_render_in_headless_chromium(loop_report, tmp_path):
         assert name in section
     assert section.count("<polyline") >= 6  # 4 accuracy lines, 2 savings lines
     assert 'id="loop-back"' in section
+
+
+def test_tune_from_the_shift_keeps_the_static_policy_until_then():
+    out = _loop(tune_from=2000).run()
+    before = [c for c in out["curve"] if c["request"] <= 2000]
+    assert before and all(c["tuned_thresholds"] == [0.9] for c in before)
+    assert all(c["tuned_accuracy"] == c["static_accuracy"] for c in before)
+    assert out["median_back_after"] is not None and 0 < out["median_back_after"] <= 6000

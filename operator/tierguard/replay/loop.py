@@ -154,6 +154,7 @@ class LoopConfig:
     max_drop: float = 0.01
     target_accuracy: float | None = None
     target_mode: str = "calibration"  # calibration | paired (when target_accuracy is None)
+    tune_from: int = 0  # the first request after which tune runs (e.g. the shift: tune once drift is seen)
     runs: int = 10
     seed: int = 7
 
@@ -252,8 +253,12 @@ class Loop:
                 label = Label(conf, bool(table.correct[row][t]), d.probability)
                 pending.append(_Labelled(i + cfg.label_delay, t, label, bool(table.correct[row][-1])))
                 out.labels += 1
-                out.shadow_usd += table.capable_cost[row]
+                if self.target is None:  # the paired target needs the capable tier's shadow answer
+                    out.shadow_usd += table.capable_cost[row]
             if (i + 1) % cfg.tune_every:
+                continue
+            if i + 1 <= cfg.tune_from:
+                out.thresholds.append(list(thresholds))
                 continue
             window = [x for x in pending if i - cfg.label_window < x.at <= i]
             pending = [x for x in pending if x.at > i - cfg.label_window]

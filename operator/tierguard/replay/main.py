@@ -134,6 +134,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--label-window", type=int, default=10_000, help="tune reads the labels of this many last requests"
     )
     lp.add_argument("--label-delay", type=int, default=0, help="requests until a sampled answer is labelled")
+    lp.add_argument(
+        "--tune-from",
+        type=int,
+        default=0,
+        help="tune runs only after this many requests (e.g. the shift: tuning starts once drift is seen)",
+    )
     lp.add_argument("--max-step", type=float, default=0.05, help="tune's largest threshold change per run")
     lp.add_argument("--min-labels", type=int, default=50, help="labels a tier needs before tune moves it")
     lp.add_argument(
@@ -197,8 +203,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--max-step must lie in (0, 1]")
     if args.target_accuracy is not None and not 0.0 <= args.target_accuracy <= 1.0:
         raise UserError("--target-accuracy must lie in [0, 1] (a fraction)")
-    if args.label_delay < 0:
-        raise UserError("--label-delay must not be negative")
+    if args.label_delay < 0 or args.tune_from < 0:
+        raise UserError("--label-delay and --tune-from must not be negative")
     for name in (
         "shift_at", "horizon", "runs", "null_runs", "requests_per_interval", "tune_every", "label_window",
         "min_labels",
@@ -555,6 +561,7 @@ def run_loop(
         max_drop=args.max_accuracy_drop,
         target_accuracy=args.target_accuracy,
         target_mode=args.loop_target,
+        tune_from=args.tune_from,
         runs=args.runs,
         seed=args.seed,
     )

@@ -234,6 +234,7 @@ def _loop_section(lo: dict[str, Any]) -> str:
     shift = cfg["shift_at"]
     curve = lo["curve"]
     mb = lo["median_back_after"]
+    tune_from = f"; tune runs from request {cfg['tune_from']:,} on" if cfg.get("tune_from") else ""
     parts = [
         "<h2>Scenario: the closed loop (review labels → tune)</h2>",
         f"<p>Traffic from <b>{escape(cfg['source'])}</b> for {shift:,} requests, then from "
@@ -244,10 +245,15 @@ def _loop_section(lo: dict[str, Any]) -> str:
         f"cheaper-tier answers are labelled {cfg['label_delay']:,} requests later; every "
         f"{cfg['tune_every']:,} requests <code>{escape(lo['tuner'])}</code> reads the labels of the last "
         f"{cfg['label_window']:,} requests and moves each threshold by at most {cfg['max_step']:g} "
-        f"(at least {cfg['min_labels']} labels per tier). Target accuracy of accepted answers: "
-        f"{escape(lo['target_basis'])}. {lo['median_labels']:,.0f} labels per run (median); the shadow "
-        f"answers labelled next to them cost {_p(lo['shadow_cost_share'], 2)} of the capable tier alone "
-        "(not in the savings curve). Curves: the expected accuracy and savings of the thresholds in "
+        f"(at least {cfg['min_labels']} labels per tier{tune_from}). Target accuracy of accepted answers: "
+        f"{escape(lo['target_basis'])}. {lo['median_labels']:,.0f} labels per run (median)"
+        + (
+            f"; the shadow answers labelled next to them cost {_p(lo['shadow_cost_share'], 2)} of the "
+            "capable tier alone (not in the savings curve)"
+            if lo["shadow_cost_share"]
+            else ""
+        )
+        + ". Curves: the expected accuracy and savings of the thresholds in "
         "force, over the rows traffic is drawn from at that point (median over runs).</p>",
         _table(
             ["", "accuracy", "savings vs capable", "thresholds"],
