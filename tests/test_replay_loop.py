@@ -106,6 +106,13 @@ def test_the_tuner_is_one_function_behind_the_adapter():
     out = _loop(tuner=keep).run()
     assert seen and all(len(r.labels) == 1 for r in seen)
     assert all(lb.confidence >= 0.9 for r in seen for lb in r.labels[0])  # accepted answers only
+    # the shadow and escalation comparisons a certified tune reads, as the proxy records them
+    compared = [c for r in seen for c in r.compared]
+    assert compared and all(c.probability == 0.05 for c in compared)
+    for c in compared:
+        ((tier, conf, _agree),) = c.comparisons
+        assert tier == "cheap" and (conf >= 0.9) == (c.answered == "cheap")
+    assert all(r.spec is not None and r.spec.tiers[0].confidence.threshold == 0.9 for r in seen)
     assert out["tuned_final"]["accuracy"] == pytest.approx(out["static_after"]["accuracy"])
     assert out["never_back"] == 4 and out["median_back_after"] is None
 

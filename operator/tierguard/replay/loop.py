@@ -32,13 +32,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..answers import answers_agree
+from ..calibration import with_confidence
 from ..outcomes import Row
-from ..policy import CascadeSpec, ReviewSpec
+from ..policy import CascadePolicySpec, CascadeSpec, ReviewSpec
 from ..review.novelty import NoveltyReference
 from ..review.sampling import Sampler
 from ..review.tune import Label, tune_tier
 
 # --- the tuner, behind a narrow adapter -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """One request the capable tier answered next to the cheaper ones: a shadow call after an
+    accepted cheaper answer, or an escalated request (both answers exist). ``comparisons``: per
+    cheaper tier the request reached, (tier, calibrated confidence, agrees with the capable tier's
+    answer); ``label``: the reviewer's verdict on the answer the client got, when it was sampled."""
+
+    response_id: str
+    probability: float
+    answered: str
+    comparisons: tuple[tuple[str, float | None, bool], ...]
+    label: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,8 @@ class TuneRequest:
     max_drop: float
     max_step: float
     min_labels: int
+    spec: CascadePolicySpec | None = None  # the policy with the thresholds in force
+    compared: tuple[Compared, ...] = ()  # shadow and escalation comparisons of the window
 
 
 Tuner = Callable[[TuneRequest], list[float]]
@@ -112,6 +130,7 @@ class Table:
         self.correct = [list(r.correct) for r in rows]
         self.cum_cost = [[sum(r.cost[: t + 1]) for t in range(n_t)] for r in rows]
         self.capable_cost = [r.cost[n_t - 1] for r in rows]
+        self.agree = [[answers_agree(r.answer[t], r.answer[-1]) for t in range(n_t)] for r in rows]
         self.novelty = [novelty.novelty(r.prompt) if novelty else 0.0 for r in rows]
         self.n = len(rows)
 
@@ -155,6 +174,9 @@ class LoopConfig:
     target_accuracy: float | None = None
     target_mode: str = "calibration"  # calibration | paired (when target_accuracy is None)
     tune_from: int = 0  # the first request after which tune runs (e.g. the shift: tune once drift is seen)
+    shadow_rate: float = (
+        0.05  # accepted cheaper answers re-asked to the capable tier; escalations kept at it too
+    )
     runs: int = 10
     seed: int = 7
 
@@ -178,7 +200,7 @@ class RunResult:
 class Loop:
     def __init__(
         self,
-        spec: CascadeSpec,
+        spec: CascadePolicySpec,
         pre: Sequence[Row],
         post: Sequence[Row],
         reference: Sequence[Row],
@@ -240,6 +262,7 @@ class Loop:
         )
         thresholds = list(self.static)
         pending: list[_Labelled] = []
+        compared: list[tuple[int, Compared]] = []
         out = RunResult()
         total = cfg.shift_at + cfg.horizon
         cap_post = self.post.capable_accuracy()
@@ -255,6 +278,13 @@ class Loop:
                 out.labels += 1
                 if self.target is None:  # the paired target needs the capable tier's shadow answer
                     out.shadow_usd += table.capable_cost[row]
+            if rng.random() < cfg.shadow_rate:  # a shadow call, or an escalation kept as evidence
+                if t < n_acc:
+                    out.shadow_usd += table.capable_cost[row]
+                reached = range(t + 1) if t < n_acc else range(n_acc)
+                comps = tuple((self.names[k], table.conf[row][k], table.agree[row][k]) for k in reached)
+                verdict = bool(table.correct[row][t]) if d.sampled else None
+                compared.append((i, Compared(f"req-{i}", cfg.shadow_rate, self.names[t], comps, verdict)))
             if (i + 1) % cfg.tune_every:
                 continue
             if i + 1 <= cfg.tune_from:
@@ -264,8 +294,19 @@ class Loop:
             pending = [x for x in pending if x.at > i - cfg.label_window]
             per_tier = tuple(tuple(x.label for x in window if x.tier == k) for k in range(n_acc))
             capable = tuple(tuple(x.capable for x in window if x.tier == k) for k in range(n_acc))
+            compared = [(at, c) for at, c in compared if at > i - cfg.label_window]
             req = TuneRequest(
-                tuple(thresholds), per_tier, capable, self.target, cfg.max_drop, cfg.max_step, cfg.min_labels
+                tuple(thresholds),
+                per_tier,
+                capable,
+                self.target,
+                cfg.max_drop,
+                cfg.max_step,
+                cfg.min_labels,
+                with_confidence(
+                    self.spec, thresholds=[*thresholds, self.spec.tiers[-1].confidence.threshold]
+                ),
+                tuple(c for _, c in compared),
             )
             thresholds = list(self.tuner(req))
             out.thresholds.append(list(thresholds))

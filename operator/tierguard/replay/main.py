@@ -562,6 +562,7 @@ def run_loop(
         target_accuracy=args.target_accuracy,
         target_mode=args.loop_target,
         tune_from=args.tune_from,
+        shadow_rate=args.shadow_rate,
         runs=args.runs,
         seed=args.seed,
     )
