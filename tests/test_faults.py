@@ -217,3 +217,62 @@ def test_client_keys_guard_the_openai_endpoints_only(sims: Any, tmp_path: Path) 
             ).status_code
             == 401
         )
+
+
+def test_secret_files_rotate_in_place_without_a_config_change(tmp_path: Path) -> None:
+    """A mounted Secret changes its file, not the policy: the proxy reads the new tier API key,
+    client keys and feedback key within a reload interval. Ids signed before the rotation still
+    verify; ids signed after it verify on a replica that only has the new key."""
+    data = write_outcomes(tmp_path / "o.jsonl", ROWS)
+    sims = {
+        "cheap": start_sim(
+            data, "cheap", latency_scale=0, api_key_env="SIM_KEY", env={"SIM_KEY": "tier-new"}
+        ),
+        "big": start_sim(data, "big", latency_scale=0),
+    }
+    tier_key, clients, feedback = tmp_path / "tier-key", tmp_path / "clients", tmp_path / "feedback-key"
+    tier_key.write_text("tier-old\n")  # the cheap tier refuses it: answers escalate
+    clients.write_text("client-old\n")
+    feedback.write_text("feedback-old\n")
+    spec = cascade(sims, tiers=("cheap", "big"))
+    spec["tiers"][0]["apiKey"] = {"file": str(tier_key)}
+    spec["proxy"] = {"clientKeys": {"file": str(clients)}, "feedbackKey": {"file": str(feedback)}}
+    policy = write_policy(tmp_path / "p.yaml", spec)
+    other = tmp_path / "other.yaml"  # a second replica that only ever has the new feedback key
+    (tmp_path / "feedback-new").write_text("feedback-new\n")
+    write_policy(
+        other, {**spec, "proxy": {**spec["proxy"], "feedbackKey": {"file": str(tmp_path / "feedback-new")}}}
+    )
+    try:
+        with start_proxy(policy, reload_interval=0.2) as p, start_proxy(other, reload_interval=0.2) as q:
+
+            def ask(key: str) -> httpx.Response:
+                return httpx.post(f"{p.url}/chat/completions", json=chat("easy question"),
+                                  headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+
+            def rate(proxy: RunningProcess, response_id: str) -> int:
+                return httpx.post(f"{proxy.url}/feedback", json={"id": response_id, "rating": "up"},
+                                  headers={"Authorization": "Bearer client-new"}).status_code  # fmt: skip
+
+            before = ask("client-old")
+            assert (
+                before.status_code == 200 and before.headers["x-tierguard-tier"] == "big"
+            )  # cheap refused the key
+            reloads = metric(p, "tierguard_config_reloads_total", result="applied")
+
+            tier_key.write_text("tier-new\n")
+            clients.write_text("client-new\n")
+            feedback.write_text("feedback-new\n")
+            deadline = time.monotonic() + 10
+            while (r := ask("client-new")).status_code != 200 or r.headers["x-tierguard-tier"] != "cheap":
+                assert time.monotonic() < deadline, (r.status_code, r.headers.get("x-tierguard-tier"))
+                time.sleep(0.2)
+            assert ask("client-old").status_code == 401  # the retired client key
+            assert metric(p, "tierguard_config_reloads_total", result="applied") > reloads
+            assert rate(p, before.json()["id"]) == 200  # signed with the previous key: still verifies
+            assert rate(q, r.json()["id"]) == 200  # signed with the new key, as q's only key is
+            assert rate(q, before.json()["id"]) == 400  # the old key never reached q
+            assert "tier-old" not in p.log_text() and "tier-new" not in p.log_text()
+    finally:
+        for s in sims.values():
+            s.stop()

@@ -29,6 +29,7 @@ from test_operator_k8s import (
     Metrics,
     _reconciler,
     condition,
+    events_of,
     get,
     install_chart_rbac,
     merge_patch,
@@ -56,6 +57,7 @@ EXPECTED = {
     "paused": ("InProgress", "Suspended"),
     "succeeded": ("Current", "Healthy"),
     "rolled-back": ("Failed", "Degraded"),
+    "stalled": ("Failed", "Degraded"),  # past its progress deadline (no data)
     "aborted": ("Failed", "Degraded"),
     "invalid": ("Failed", "Degraded"),
     "fixed": ("InProgress", "Progressing"),
@@ -137,6 +139,10 @@ def objects(kube_cluster: KubeCluster) -> Iterator[dict[str, dict[str, Any]]]:
     create("invalid", slos=["not-there"])
     create("fixed", slos=["not-there-yet"])
     create("unobserved", slos=["quality"])
+    stalled = policy_manifest("stalled", NS, interval="10s", slos=["quality"])
+    stalled["spec"]["rollout"]["progressDeadline"] = "30s"
+    kube_cluster.create(policies_path(NS), stalled)
+    rec.reconcile(NS, "stalled", analyse=False)
     tick("progressing", "succeeded", "paused", "aborted")
     for _ in range(5):
         tick("succeeded", "paused")
@@ -151,6 +157,10 @@ def objects(kube_cluster: KubeCluster) -> Iterator[dict[str, dict[str, Any]]]:
     metrics.error_rate = 0.01
     kube_cluster.create(slos_path(NS), slo_manifest("not-there-yet", NS))
     tick("fixed", "invalid")
+    metrics.samples = 3.0  # too few samples: holds, until the deadline passes
+    for _ in range(7):  # stalled from the 4th on
+        tick("stalled")
+    metrics.samples = 500.0
     rec.reconcile(NS, "fixed", analyse=False)
     # a spec change the operator has not seen yet (no reconcile after it)
     merge_patch(
@@ -162,6 +172,14 @@ def objects(kube_cluster: KubeCluster) -> Iterator[dict[str, dict[str, Any]]]:
     yield {name: get(kube_cluster, policies_path(NS, name)) for name in EXPECTED}
 
 
+def test_a_stalled_rollout_warns_once_and_does_not_repeat_its_hold_events(
+    kube_cluster: KubeCluster, objects: dict[str, dict[str, Any]]
+) -> None:
+    reasons = [e["reason"] for e in events_of(kube_cluster, NS, objects["stalled"]["metadata"]["uid"])]
+    assert reasons.count("ProgressDeadlineExceeded") == 1, reasons
+    assert reasons.count("HoldTooFewSamples") == 1, reasons
+
+
 def test_the_phases_the_objects_are_in(objects: dict[str, dict[str, Any]]) -> None:
     phases = {name: (obj.get("status") or {}).get("phase") for name, obj in objects.items()}
     assert phases == {
@@ -169,6 +187,7 @@ def test_the_phases_the_objects_are_in(objects: dict[str, dict[str, Any]]) -> No
         "paused": "Paused",
         "succeeded": "Succeeded",
         "rolled-back": "RolledBack",
+        "stalled": "Progressing",
         "aborted": "Aborted",
         "invalid": "Invalid",
         "fixed": "Progressing",
@@ -180,6 +199,9 @@ def test_the_phases_the_objects_are_in(objects: dict[str, dict[str, Any]]) -> No
             assert st["observedGeneration"] == obj["metadata"]["generation"], name
         for c in st["conditions"]:
             assert c["observedGeneration"] == st["observedGeneration"], (name, c)
+    stalled = {c["type"]: (c["status"], c["reason"]) for c in objects["stalled"]["status"]["conditions"]}
+    assert stalled["Progressing"] == stalled["Reconciling"] == ("False", "ProgressDeadlineExceeded"), stalled
+    assert stalled["Degraded"] == stalled["Stalled"] == ("True", "ProgressDeadlineExceeded"), stalled
     assert (
         objects["unobserved"]["metadata"]["generation"]
         > objects["unobserved"]["status"]["observedGeneration"]

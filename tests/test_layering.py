@@ -39,6 +39,8 @@ PURE = [
     "review/sampling.py",
     "review/estimate.py",
     "review/tune.py",
+    "review/tune_apply.py",
+    "cron.py",
     "review/outcome_events.py",
 ]
 FORBIDDEN = (

@@ -492,12 +492,10 @@ def _paused_at_50(e: PodEnv, name: str) -> tuple[list[Addr], ConfigSync]:
     return proxies, sync
 
 
-def _abort(
-    e: PodEnv, name: str, proxies: list[Addr], sync: ConfigSync, *, nudge: bool
-) -> tuple[float, float]:
-    """``tierguard abort``; seconds until the ConfigMap, then every pod, has weight 0. With
-    ``nudge`` the proxy pods get an annotation once the ConfigMap changed: a pod update makes the
-    kubelet sync that pod now, which refreshes its ConfigMap volume."""
+def _abort(e: PodEnv, name: str, proxies: list[Addr], sync: ConfigSync) -> tuple[float, float]:
+    """``tierguard abort``; seconds until the ConfigMap, then every pod, has weight 0. The operator
+    annotates the proxy pods with the new config hash right after its ConfigMap write: a pod
+    update makes the kubelet sync that pod now, which refreshes its ConfigMap volume."""
     assert e.node.cluster is not None
     t0 = time.monotonic()
     res = cli("abort", name, "-n", NS, kubeconfig=e.node.cluster.kubeconfig)
@@ -505,16 +503,14 @@ def _abort(
     t_cm = until(
         lambda: next((t for t, w in sync.writes if t >= t0 and w == 0), None), 30, "ConfigMap weight 0"
     )
-    if nudge:
-        cm = get(e.node.cluster, f"/api/v1/namespaces/{NS}/configmaps/{child_name(name)}")
-        stamp = {
-            "metadata": {
-                "annotations": {ANNOTATION_CONFIG_HASH: cm["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]}
-            }
-        }
-        for pod in ready_pods(e.node, selector_labels(name)):
-            merge_patch(e.node.cluster, f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}", stamp)
     until(lambda: all(_weight(p, name) == 0 for p in proxies), 180, "every pod at weight 0")
+    cm = get(e.node.cluster, f"/api/v1/namespaces/{NS}/configmaps/{child_name(name)}")
+    current = cm["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
+    stamped = {
+        (p["metadata"].get("annotations") or {}).get(ANNOTATION_CONFIG_HASH)
+        for p in ready_pods(e.node, selector_labels(name))
+    }
+    assert stamped == {current}, (stamped, current)  # the operator nudged every proxy pod
     return t_cm - t0, time.monotonic() - t0
 
 
@@ -536,10 +532,11 @@ def _restarts(e: PodEnv, policy: str) -> dict[str, Any]:
     return out
 
 
-def test_config_map_propagation_mounted_file_vs_pod_nudge(penv: PodEnv) -> None:
+def test_config_map_propagation_with_the_operators_pod_nudge(penv: PodEnv) -> None:
     """How long a weight change takes to reach the proxies through the mounted ConfigMap, with a
-    short and with the kubelet's default syncFrequency, and with a pod annotation that makes the
-    kubelet resync the pod at once."""
+    short and with the kubelet's default syncFrequency: the operator's pod annotation makes the
+    kubelet resync the pods at once, so neither waits for the periodic sync (76-90 s with the
+    default 1 m and the mounted file alone, measured before the operator nudged; docs/operator.md)."""
     e = penv
     results: dict[str, tuple[float, float]] = {}
     restarts: dict[str, dict[str, Any]] = {}
@@ -548,11 +545,10 @@ def test_config_map_propagation_mounted_file_vs_pod_nudge(penv: PodEnv) -> None:
         for sync_frequency in (original, "1m"):
             if sync_frequency != e.node.sync_frequency:
                 e.node.restart_kubelet(sync_frequency)
-            for nudge in (False, True):
-                name = f"cm-{sync_frequency.replace('s', '')}-{'nudge' if nudge else 'file'}"
-                proxies, sync = _paused_at_50(e, name)
-                results[name] = _abort(e, name, proxies, sync, nudge=nudge)
-                restarts[name] = _restarts(e, name)
+            name = f"cm-{sync_frequency.replace('s', '')}-nudge"
+            proxies, sync = _paused_at_50(e, name)
+            results[name] = _abort(e, name, proxies, sync)
+            restarts[name] = _restarts(e, name)
     finally:
         if e.node.sync_frequency != original:
             e.node.restart_kubelet(original)

@@ -649,10 +649,22 @@ def test_spec_changes_make_new_revisions_only_when_the_cascade_changes(env: Env)
     ).name
     assert new["canaryRevision"] == expected != stable
     assert new["stableRevision"] == stable and new["canaryWeight"] == 5 and new["currentStep"] == 0
-    config = config_of(env.cluster, env.ns, "chat")
-    assert config is not None and config.stable.name == stable and config.canary is not None
-    new_revision_events = [e for e in events_of(env.cluster, env.ns, uid) if e["reason"] == "NewRevision"]
-    assert any(expected in e["message"] for e in new_revision_events)
+    # the ConfigMap and the Event follow the status write (children, pod nudge, then events)
+    config = until(
+        lambda: (c := config_of(env.cluster, env.ns, "chat")) is not None and c.canary is not None and c,
+        10,
+        "the ConfigMap with the canary",
+        env.operator.tail,
+    )
+    assert config.stable.name == stable
+    until(
+        lambda: any(
+            e["reason"] == "NewRevision" and expected in e["message"] for e in events_of(env.cluster, env.ns, uid)
+        ),
+        10,
+        "the NewRevision event",
+        env.operator.tail,
+    )
 
 
 def test_risky_policy_is_flagged_then_cleared(env: Env) -> None:
@@ -815,6 +827,8 @@ def test_the_chart_role_is_minimal(env: Env) -> None:
         dict(group="", resource="configmaps", verb="patch", namespace=ns),
         dict(group="apps", resource="deployments", verb="create", namespace=ns),
         dict(group="", resource="events", verb="create", namespace=ns),
+        dict(group="", resource="pods", verb="list", namespace=ns),
+        dict(group="", resource="pods", verb="patch", namespace=ns),
     ]
     denied = [
         dict(group="", resource="secrets", verb="get", namespace=ns),
@@ -831,6 +845,8 @@ def test_the_chart_role_is_minimal(env: Env) -> None:
         dict(group="apiextensions.k8s.io", resource="customresourcedefinitions", verb="list"),
         dict(group="", resource="namespaces", verb="list"),
         dict(group="", resource="pods", verb="create", namespace=ns),
+        dict(group="", resource="pods", verb="delete", namespace=ns),
+        dict(group="", resource="pods", verb="patch", namespace="default"),
     ]
     for a in allowed:
         assert _can(env.cluster, token, **a), f"the chart's role should allow {a}"
@@ -937,9 +953,11 @@ def test_ticks_walk_every_step_and_promote(kube_cluster: KubeCluster, ticks: tup
     # steady state after the promotion: nothing to analyse -> one GET, no writes
     clock.advance(10)
     idle = rec.reconcile(ns, "walk", analyse=True)
-    print(f"API calls per tick: {calls}; idle after promotion: {idle.api_calls}")
+    print(f"API calls per tick: {calls}; idle after promotion: {idle.api_calls}; {dict(api.calls)}")
     for _name, n in calls:
-        assert n <= 4, calls  # GET policy, PATCH status, apply ConfigMap, POST event
+        # GET policy, PATCH status, apply ConfigMap, LIST proxy pods, PATCH the one (pending) proxy
+        # pod the controller manager made for the Deployment, POST event
+        assert n <= 6, calls
     assert idle.api_calls == 1
 
 
@@ -1025,6 +1043,46 @@ def test_ticks_render_every_proxy_setting_into_the_config_map(
     assert config.settings.shadow_max_in_flight == 3
     assert config.settings.log_prompts is True
     assert config.config_hash() == status_of(kube_cluster, ns, "shadowed")["configHash"]
+
+
+def test_ticks_annotate_the_proxy_pods_after_each_config_map_write(
+    kube_cluster: KubeCluster, ticks: tuple[str, KubeApi]
+) -> None:
+    """Each ConfigMap write is followed by the config hash on the policy's proxy pods (so the
+    kubelet re-reads the mounted file at once); other pods are left alone, and a pod that already
+    has the hash is not patched again."""
+    ns, api = ticks
+    kube_cluster.create(policies_path(ns), policy_manifest("nudged", ns, interval="10s"))
+    pods = f"/api/v1/namespaces/{ns}/pods"
+
+    def pod(name: str, policy: str) -> dict[str, Any]:
+        labels = {"app.kubernetes.io/name": "tierguard-proxy", "app.kubernetes.io/instance": policy}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+                "spec": {"containers": [{"name": "proxy", "image": "tierguard:dev"}]}}  # fmt: skip
+
+    for name, policy in (("nudged-a", "nudged"), ("nudged-b", "nudged"), ("other", "another-policy")):
+        kube_cluster.create(pods, pod(name, policy))
+
+    def hashes() -> dict[str, str | None]:
+        return {
+            n: (get(kube_cluster, f"{pods}/{n}")["metadata"].get("annotations") or {}).get("tierguard.io/config-hash")
+            for n in ("nudged-a", "nudged-b", "other")
+        }
+
+    metrics, clock = Metrics(), Clock()
+    rec = _reconciler(api, metrics, clock)
+    rec.reconcile(ns, "nudged", analyse=False)
+    first = status_of(kube_cluster, ns, "nudged")["configHash"]
+    assert hashes() == {"nudged-a": first, "nudged-b": first, "other": None}
+    clock.advance(10)
+    res = rec.reconcile(ns, "nudged", analyse=True)  # the next step: a new ConfigMap, a new hash
+    second = status_of(kube_cluster, ns, "nudged")["configHash"]
+    assert res.status is not None and res.status.canary_weight == 10 and second != first
+    assert hashes() == {"nudged-a": second, "nudged-b": second, "other": None}
+    patches = api.calls.get("PATCH pods", 0)
+    rec.forget((ns, "nudged"))  # the ConfigMap is applied again (same content): no pod patched again
+    rec.reconcile(ns, "nudged", analyse=False)
+    assert api.calls.get("PATCH pods", 0) == patches, dict(api.calls)
 
 
 class InterferingApi(KubeApi):

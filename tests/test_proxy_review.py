@@ -11,6 +11,7 @@ import pytest
 
 from procs import start_proxy, start_review, start_sim, write_outcomes
 from test_proxy import MODELS, cascade, chat, metric, row, write_policy
+from tierguard.cli import main as cli_main
 from tierguard.review.store import open_store
 
 PII = "Mail jane.doe@example.com or call +1 415 555 2671 about the easy question"
@@ -18,6 +19,7 @@ ROWS = [
     row("easy", "easy question", (0.95, 0.9, 0.9)),
     row("hard", "hard question", (0.3, 0.4, 0.9)),
     row("pii", PII, (0.95, 0.9, 0.9), answers={m: "card 4111 1111 1111 1111" for m in MODELS}),
+    row("mid", "middle question", (0.3, 0.9, 0.9), answers={"cheap": "X", "mid": "Y", "big": " y "}),
 ]
 KEY = {"TIERGUARD_FEEDBACK_KEY": "shared-review-key"}
 TOKEN = "carol-token-0123456789"
@@ -38,17 +40,22 @@ def review_policy(sims, store, **review):
     return spec
 
 
-def wait_items(url, n, timeout=10.0):
+def wait_rows(url, read, n, what, timeout=10.0):
+    """``read(store)``'s rows once there are at least ``n``."""
     deadline = time.time() + timeout
-    items = []
+    rows = []
     while time.time() < deadline:
         s = open_store(url)
-        items = s.items()
+        rows = read(s)
         s.close()
-        if len(items) >= n:
-            return items
+        if len(rows) >= n:
+            return rows
         time.sleep(0.1)
-    raise AssertionError(f"{len(items)} items stored, expected {n}")
+    raise AssertionError(f"{len(rows)} {what} stored, expected {n}")
+
+
+def wait_items(url, n):
+    return wait_rows(url, lambda s: s.items(), n, "items")
 
 
 def test_two_replicas_sample_into_one_store_and_outcomes_are_joined_once(sims, tmp_path):
@@ -132,3 +139,41 @@ def test_a_bad_novelty_reference_is_an_invalid_config(sims, tmp_path):
     with pytest.raises(RuntimeError) as err:
         start_proxy(policy, env=KEY, decision_log="off", timeout=10)
     assert "none.json" in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_shadow_and_escalation_comparisons_reach_the_store_for_tune(sims, tmp_path, capsys):
+    """Shadow results (the accepted answer, and an earlier tier's escalated one) and the free
+    comparisons of a request escalated to the capable tier are stored with the tier's confidence
+    and their inclusion probability; `tierguard tune` reads them."""
+    url = f"sqlite:{tmp_path / 'review.db'}"
+    spec = review_policy(sims, url, rate=0.0)
+    spec["proxy"]["shadowRate"] = 1.0
+    policy = write_policy(tmp_path / "p.yaml", spec)
+    with start_proxy(policy, env=KEY, decision_log="off") as p:
+        ids = {}
+        for prompt in ("easy question", "hard question", "middle question"):
+            r = httpx.post(f"{p.base}/v1/chat/completions", json=chat(prompt), timeout=30)
+            assert r.status_code == 200
+            ids[prompt] = r.json()["id"]
+        rows = wait_rows(url, lambda s: s.shadow_results(), 5, "comparisons")
+    by = {(r.response_id, r.tier): r for r in rows}
+    assert len(rows) == 5 and all(r.probability == 1.0 and r.policy == "unit" for r in rows)
+    easy = by[(ids["easy question"], "cheap")]  # accepted, shadowed: cheap-easy vs big-easy
+    assert (easy.source, easy.answered, easy.agree) == ("shadow", "cheap", False)
+    assert easy.confidence == pytest.approx(0.95) and easy.raw_confidence == pytest.approx(0.95)
+    assert easy.cost_usd > 0  # the shadow call was paid for
+    for tier, conf in (("cheap", 0.3), ("mid", 0.4)):  # escalated to big: free comparisons
+        esc = by[(ids["hard question"], tier)]
+        assert (esc.source, esc.answered, esc.agree, esc.cost_usd) == ("escalation", "big", False, 0.0)
+        assert esc.confidence == pytest.approx(conf)
+    served = by[(ids["middle question"], "mid")]  # accepted by mid, shadowed; cheap's answer too
+    assert (served.source, served.answered, served.agree) == ("shadow", "mid", True)
+    earlier = by[(ids["middle question"], "cheap")]
+    assert (earlier.answered, earlier.agree, earlier.cost_usd) == ("mid", False, 0.0)
+    assert not any(r.response_id == "" for r in rows)
+
+    capsys.readouterr()
+    assert cli_main(["tune", "--store", url, "--policy", str(policy), "--out", str(tmp_path / "t.yaml")]) == 3
+    err = capsys.readouterr().err
+    assert "5 comparisons with the capable tier (3 shadow, 2 escalation)" in err
+    assert "too few rows: 3 sampled requests" in err and "Traceback" not in err

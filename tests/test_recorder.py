@@ -256,7 +256,7 @@ def test_shadow_observer_offers_answers_the_client_received():
     rt = runtime(shadow_rate=0.25)
     d = escalated(rt)
     ShadowObserver(scorer).observe(d)
-    assert scorer.calls == [(rt.stable, 1, 0.25, 16, d.request, "B", "id-1")]
+    assert scorer.calls == [(rt.stable, 1, 0.25, 16, d.request, "B", "id-1", d.attempts)]
 
 
 @pytest.mark.parametrize("change", ["no_answer", "failed", "not_answered"])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tierguard.kube import control, handlers, render
-from tierguard.kube.client import KubeApi
+from tierguard.kube.client import KubeApi, KubeError
 from tierguard.kube.handlers import Reconciler, event_body, merge_diff
 from tierguard.kube.validate import validate_policy
 from tierguard.policy import CAPABLE_ONLY, CascadePolicySpec, ProxyConfig, Revision, proxy_config_from_data
@@ -462,6 +462,14 @@ class _RecordingApi:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.applied += 1
         return obj
+
+    def get(self, path: str) -> dict[str, Any]:
+        assert "/pods?labelSelector=app.kubernetes.io" in path, path
+        return {"items": []}  # no proxy pods to annotate
+
+    def merge_patch(self, path: str, patch: dict[str, Any]) -> Any:
+        # only the suspension of a tune CronJob that was never there (no spec.autoTune)
+        raise KubeError("PATCH", path, 404, "NotFound")
 
 
 def _observer(**_: Any) -> Observations:

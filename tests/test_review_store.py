@@ -131,6 +131,58 @@ def test_migrations_run_once_when_replicas_start_together(store_url):
         st.close()
 
 
+def test_version_1_store_is_migrated_and_keeps_its_shadow_rows(store_url, monkeypatch):
+    """A store written by the previous release (schema 1: shadow rows without confidence or
+    inclusion probability) is migrated in place; its rows read back with those fields unknown."""
+    import tierguard.review.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
+    old = open_store(store_url)
+    assert old.migrate() == 1
+    old._run(
+        lambda cur: cur.execute(
+            old._sql(
+                "INSERT INTO shadow (response_id, ts, policy, revision, tier, agree, cost_usd) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
+            ("chatcmpl-old", 1.0, "pol", "r1", "cheap", 0, 0.01),
+        )
+    )
+    old.close()
+    monkeypatch.undo()
+    s = open_store(store_url)
+    try:
+        assert s.migrate() == SCHEMA_VERSION >= 2
+        s.add_shadow(
+            [
+                ShadowResult(
+                    "chatcmpl-new",
+                    2.0,
+                    "pol",
+                    "r2",
+                    "cheap",
+                    True,
+                    0.0,
+                    raw_confidence=0.93,
+                    confidence=0.71,
+                    probability=0.05,
+                    source="escalation",
+                    answered="capable",
+                )
+            ]
+        )
+        old_row, new_row = s.shadow_results(policy="pol")
+        assert old_row == ShadowResult("chatcmpl-old", 1.0, "pol", "r1", "cheap", False, 0.01)
+        assert old_row.probability is None and old_row.source == "shadow"
+        assert new_row.agree is True and new_row.confidence == 0.71 and new_row.probability == 0.05
+        assert (new_row.source, new_row.answered, new_row.raw_confidence) == ("escalation", "capable", 0.93)
+        assert [r.response_id for r in s.shadow_results(revision="r2")] == ["chatcmpl-new"]
+        assert s.shadow_results(policy="other") == []
+    finally:
+        s.close()
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     url = f"sqlite:{tmp_path / 'r.db'}"
     open_store(url).close()
@@ -236,7 +288,7 @@ def test_schema_1_store_is_migrated_and_keeps_its_counts(tmp_path):
     conn.close()
     s = open_store(f"sqlite:{path}")
     try:
-        assert s.migrate() == SCHEMA_VERSION == 2
+        assert s.migrate() == SCHEMA_VERSION == 3
         assert s.strata() == [StratumRow(5, "pol", "r1", "cheap", "0-0.5", 7, 1, 0.0, 0)]
     finally:
         s.close()

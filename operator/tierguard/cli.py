@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("tierguard.replay.main", "replay recorded outcomes through routing strategies"),
     "calibrate": ("tierguard.calibrate", "fit calibration maps and thresholds on recorded outcomes"),
     "review": ("tierguard.review.main", "the reviewer's page and the novelty reference for review sampling"),
-    "tune": ("tierguard.review.tune_cmd", "raise thresholds whose reviewed accuracy misses the target"),
+    "tune": ("tierguard.kube.tune", "certified threshold steps from production evidence: a file, or --apply"),
     "crds": ("tierguard.kube.crdgen", "print or write the CRD manifests generated from the models"),
     "promote": ("tierguard.kube.control", "promote a policy's canary (or advance a paused step)"),
     "abort": ("tierguard.kube.control", "abort a policy's rollout (canary weight to 0)"),

@@ -31,6 +31,7 @@ from pydantic.alias_generators import to_camel
 
 from . import API_GROUP, API_VERSION
 from .confidence import Aggregate, CalibrationMap
+from .cron import cron_schedule
 from .drift import CONFIDENCE_BINS, check_reference
 from .errors import PolicyError
 from .toolcalls import DEFAULT_TOOL_CALL_METHOD, ToolCallMethod
@@ -349,6 +350,14 @@ class ReviewSpec(Model):
         description="sqlite:PATH (one file, WAL) or a postgresql:// URL (several replicas; the "
         "password from PGPASSWORD or PGPASSFILE, e.g. through spec.proxy.env).",
     )
+    escalation_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests escalated to the capable tier whose cheaper answers are stored "
+        "next to the capable answer for `tierguard tune` (no extra model call). Default: the policy's "
+        "shadowRate, the inclusion probability tune thins every comparison to.",
+    )
     queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="Items waiting for the writer.")
     retention_days: float = Field(
         default=30.0, gt=0.0, description="Stored items and events are kept this long."
@@ -478,10 +487,64 @@ class ProxyDeployment(ProxyBehaviour):
         return mounts
 
 
+BAD_OUTCOME_PATTERN = r"^[a-z][a-z0-9_]{0,62}((<=|>=|<|>|==)-?[0-9.]+)?$"
+"""An outcome event counted as a loss by tune: a name, or a name and a comparison of its value."""
+
+
+class AutoTuneSpec(Model):
+    """`tierguard tune --apply` on a schedule: the operator renders a CronJob that runs it in the
+    proxy's image as a ServiceAccount allowed to read and patch this one policy (docs/review.md)."""
+
+    interval: str = Field(
+        default="24h",
+        pattern=r"^\d+(m|h)$",
+        description="How often tune runs: 5m..30m dividing an hour, 1h..24h dividing a day, or 168h.",
+    )
+    max_step: float = Field(
+        default=0.05, gt=0.0, le=0.5, description="Largest threshold change per run (the change is bounded)."
+    )
+    max_accuracy_drop: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Certify accuracy at least the capable tier's minus this (epsilon, a fraction).",
+    )
+    delta: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="The certification may fail with probability at most this."
+    )
+    bad_outcomes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}((<=|>=|<|>|==)-?[0-9.]+)?$")]] = (
+        Field(
+            default_factory=list,
+            max_length=16,
+            description="Outcome events counted as a loss: human_handoff, rating<=2 (tune --bad-outcome).",
+        )
+    )
+    store: str | None = Field(
+        default=None,
+        description="The review store tune reads (a postgresql:// URL; default spec.proxy.review.store). "
+        "The password comes from spec.proxy.env / secretMounts, which the tune pod gets too.",
+    )
+    approval: Literal["manual", "auto"] = Field(
+        default="manual",
+        description="manual: a tuned revision's rollout waits at its first step (paused) until "
+        "`tierguard promote` or `resume`; auto: it rolls out through the SLO gates at once.",
+    )
+
+    @model_validator(mode="after")
+    def _schedule(self) -> AutoTuneSpec:
+        cron_schedule(self.interval)  # raises with the intervals that work
+        if self.store is not None and not self.store.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ValueError("store must be sqlite:PATH or a postgresql:// URL")
+        return self
+
+
 class CascadePolicySpec(CascadeSpec):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     slos: list[SLORef] = Field(default_factory=list, description="QualitySLO objects gating the rollout.")
     proxy: ProxyDeployment = Field(default_factory=ProxyDeployment)
+    auto_tune: AutoTuneSpec | None = Field(
+        default=None, description="Run `tierguard tune --apply` on a schedule; off when omitted."
+    )
 
     def cascade(self) -> CascadeSpec:
         return CascadeSpec(tiers=self.tiers, confidence=self.confidence, affinity=self.affinity)

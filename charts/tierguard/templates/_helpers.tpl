@@ -62,6 +62,22 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Proxy pods: annotated with the config hash after a ConfigMap write, so the kubelet re-reads
+# the mounted file at once instead of at its next periodic sync.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+# spec.autoTune: a CronJob running `tierguard tune --apply`, and the identity it runs as (a Role
+# allowing get/patch on its own policy only: RBAC lets the operator grant what it holds itself).
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch"]
 {{- end -}}
 
 

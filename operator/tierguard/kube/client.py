@@ -68,8 +68,20 @@ def slo_path(namespace: str, name: str | None = None) -> str:
     return f"{path}/{quote(name)}" if name is not None else path
 
 
-_CORE_PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Event": "events"}
-_PLURALS = {"Deployment": "deployments", "ServiceMonitor": "servicemonitors", **_CORE_PLURALS}
+_CORE_PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Event": "events",
+    "ServiceAccount": "serviceaccounts",
+}
+_PLURALS = {
+    "Deployment": "deployments",
+    "ServiceMonitor": "servicemonitors",
+    "CronJob": "cronjobs",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    **_CORE_PLURALS,
+}
 
 
 def object_path(obj: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..rollout.approval import TUNED_ANNOTATION, TunedRecord
 from .client import ACTION_ANNOTATION, KubeApi, KubeError, load_api_client, policy_path
 
 ACTIONS = ("promote", "abort", "resume")
@@ -245,6 +246,12 @@ def format_status(obj: dict[str, Any]) -> str:
     last = st.get("lastAction")
     if last:
         lines.append(f"  last action:    {last.get('action')} at {last.get('time')}")
+    tuned = TunedRecord.parse((meta.get("annotations") or {}).get(TUNED_ANNOTATION))
+    if tuned is not None:
+        lines.append(
+            f"  tuned:          revision {tuned.revision} at {tuned.time}, {tuned.summary()} "
+            f"(approval {tuned.approval})"
+        )
     conds = st.get("conditions") or []
     if conds:
         lines.append("  conditions:")

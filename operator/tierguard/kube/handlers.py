@@ -33,12 +33,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import kopf
 
 from .. import API_GROUP, API_VERSION
 from ..policy import CascadePolicySpec, ProxyConfig, QualitySLOSpec, Revision
 from ..rollout import conditions as cond
+from ..rollout.approval import TUNED_ANNOTATION, TunedRecord, awaits_approval, gated_rollout
 from ..rollout.decide import (
     Decision,
     Hold,
@@ -57,7 +59,7 @@ from ..rollout.decide import (
 from ..rollout.observations import Observations
 from ..rollout.risks import flag_risks, risk_event
 from ..rollout.status import PolicyStatus, StatusError, parse_status
-from . import render
+from . import autotune, render
 from .client import (
     ACTION_ANNOTATION,
     PLURAL_POLICIES,
@@ -83,6 +85,7 @@ COMPONENT = "tierguard-operator"
 MAX_IDLE_SECONDS = 60.0  # a daemon re-reconciles at least this often (drift repair, deadlines)
 RETRY_SECONDS = 2.0
 RESYNC_SECONDS = 600.0  # children are applied again at least this often (repairs hand edits)
+SUSPENDED = "suspended"  # the fingerprint recorded for a tune CronJob suspended (or never there)
 
 
 class Observer(Protocol):
@@ -295,9 +298,15 @@ class Reconciler:
             events.append(risk)
         status = flagged
 
-        # -- a new revision (idempotent when the cascade did not change)
+        # -- a new revision (idempotent when the cascade did not change); one that `tierguard tune`
+        # wrote with manual approval waits at its first step for a person
         revision = Revision.of(spec.cascade())
-        status = start_rollout(status, revision, now, spec.rollout, generation)
+        tuned = TunedRecord.parse((meta.get("annotations") or {}).get(TUNED_ANNOTATION))
+        rollout = gated_rollout(spec.rollout, tuned, revision.name)
+        before = status.canary_revision
+        status = start_rollout(status, revision, now, rollout, generation)
+        if status.canary_revision != before and tuned is not None and awaits_approval(tuned, revision.name):
+            events.append(("Normal", "AwaitingApproval", approval_message(name, tuned, status.canary_weight)))
 
         # -- a manual action
         raw_action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
@@ -319,7 +328,7 @@ class Reconciler:
                     manual = apply_manual(
                         action,  # type: ignore[arg-type]
                         status,
-                        spec.rollout,
+                        rollout,
                         now,
                         full=full,
                         token=raw_action,
@@ -333,11 +342,11 @@ class Reconciler:
 
         # -- observe + decide
         obs: Observations | None = None
-        if analyse and needs_observations(spec.rollout, status, now):
+        if analyse and needs_observations(rollout, status, now):
             obs = self.observer(
                 policy=name, namespace=namespace, spec=spec, status=status, slos=checked.slos, now=now
             )
-        decision = decide(spec.rollout, status, obs, now)
+        decision = decide(rollout, status, obs, now)
         status = next_status(status, decision, now, generation)
         result.decision = decision
         if status.observed_generation != generation:
@@ -355,7 +364,7 @@ class Reconciler:
         self._post_events(obj, events)
 
         result.status = status
-        result.next_due = analysis_due_at(spec.rollout, status)
+        result.next_due = analysis_due_at(rollout, status)
         return result
 
     # --- writes -------------------------------------------------------------------------------
@@ -389,6 +398,7 @@ class Reconciler:
     def _apply_children(self, owner: dict[str, Any], spec: CascadePolicySpec, config: ProxyConfig) -> None:
         key = (owner["metadata"]["namespace"], owner["metadata"]["name"])
         kids = render.children(owner, spec, config, with_service_monitor=self.service_monitors_supported())
+        kids += autotune.children(owner, spec)
         for child in kids:
             fingerprint = _fingerprint(child)
             last = self._last_applied(key, child["kind"])
@@ -400,6 +410,55 @@ class Reconciler:
                 continue
             self.api.apply(child)
             self._record_applied(key, child["kind"], fingerprint)
+            if child["kind"] == "ConfigMap":
+                self._nudge_proxy_pods(key, config.config_hash())
+        if spec.auto_tune is None:  # after the proxies' children: they are the critical path
+            self._suspend_tune(owner)
+
+    def _nudge_proxy_pods(self, key: Key, config_hash: str) -> None:
+        """Annotate the policy's proxy pods with the config hash just written to the ConfigMap.
+
+        A pod update makes the kubelet sync that pod at once, and the sync re-reads its ConfigMap
+        volumes, so the proxy sees a new weight about a second after the ConfigMap changes instead
+        of after the kubelet's next periodic sync (up to a minute or more with its defaults; see
+        docs/operator.md, "Time to rollback"). Best effort: a pod that is gone, or a Role without
+        ``pods`` (an older chart), only costs the faster path, never the reconcile."""
+        namespace, policy = key
+        selector = ",".join(f"{k}={v}" for k, v in render.selector_labels(policy).items())
+        try:
+            pods = self.api.get(f"/api/v1/namespaces/{quote(namespace)}/pods?labelSelector={quote(selector)}")
+        except KubeError as err:
+            log.warning("%s/%s: cannot list the proxy pods to nudge them (%s)", namespace, policy, err)
+            return
+        patch = {"metadata": {"annotations": {render.ANNOTATION_CONFIG_HASH: config_hash}}}
+        for pod in pods.get("items", []):
+            meta = pod.get("metadata", {})
+            if (
+                meta.get("deletionTimestamp")
+                or (meta.get("annotations") or {}).get(render.ANNOTATION_CONFIG_HASH) == config_hash
+            ):
+                continue
+            path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(meta['name'])}"
+            try:
+                self.api.merge_patch(path, patch)
+            except KubeError as err:
+                if not err.not_found:
+                    log.warning("%s/%s: cannot annotate pod %s (%s)", namespace, policy, meta["name"], err)
+
+    def _suspend_tune(self, owner: dict[str, Any]) -> None:
+        """``spec.autoTune`` is off: suspend a CronJob a previous spec may have left (the operator
+        cannot delete). Once per policy and operator run; a missing CronJob is the usual answer."""
+        meta = owner["metadata"]
+        key = (meta["namespace"], meta["name"])
+        last = self._last_applied(key, "CronJob")
+        if last is not None and last[0] == SUSPENDED:
+            return
+        try:
+            self.api.merge_patch(autotune.cron_job_path(*key), autotune.suspend_patch())
+        except KubeError as err:
+            if not err.not_found:
+                log.warning("%s/%s: cannot suspend the tune CronJob: %s", *key, err)
+        self._record_applied(key, "CronJob", SUSPENDED)
 
     def _post_events(self, obj: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
@@ -410,6 +469,13 @@ class Reconciler:
                 self.api.request("POST", f"/api/v1/namespaces/{obj['metadata']['namespace']}/events", body)
             except KubeError as err:  # events are best effort
                 log.warning("cannot post event %s: %s", reason, err)
+
+
+def approval_message(name: str, tuned: TunedRecord, weight: int) -> str:
+    return (
+        f"revision {tuned.revision} ({tuned.summary()}) waits for approval at the first step "
+        f"(canary weight {weight}%): tierguard promote {name}, or tierguard abort {name}"
+    )
 
 
 def _fingerprint(obj: dict[str, Any]) -> str:
@@ -482,7 +548,9 @@ def _transition_events(
                 out.append(("Warning", "CheckFailed", decision.message))
             else:
                 before = cond.get_condition(old.conditions, cond.PROGRESSING)
-                if before is None or before.reason != decision.reason:
+                # once stalled, Progressing's reason is ProgressDeadlineExceeded: no Hold Event per tick
+                stalled_before = decision.stalled and cond.is_true(old.conditions, cond.DEGRADED)
+                if not stalled_before and (before is None or before.reason != decision.reason):
                     out.append(("Normal", f"Hold{decision.reason}", decision.message))
             if decision.stalled and not cond.is_true(old.conditions, cond.DEGRADED):
                 out.append(("Warning", "ProgressDeadlineExceeded", decision.message))

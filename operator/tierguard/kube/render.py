@@ -28,6 +28,7 @@ from ..errors import PolicyError
 from ..policy import (
     CascadePolicySpec,
     ProxyConfig,
+    ProxyDeployment,
     ProxySettings,
     Revision,
     parse_duration,
@@ -167,6 +168,32 @@ def secret_volume_name(index: int) -> str:
     return f"secret-{index}"
 
 
+def secret_volume_mounts(px: ProxyDeployment) -> list[Obj]:
+    """``spec.proxy.secretMounts`` as a container's volume mounts (read-only)."""
+    return [
+        {"name": secret_volume_name(i), "mountPath": m.mount_path, "readOnly": True}
+        for i, m in enumerate(px.secret_mounts)
+    ]
+
+
+def secret_volumes(px: ProxyDeployment) -> list[Obj]:
+    """``spec.proxy.secretMounts`` as a pod's Secret volumes (read by the kubelet, never by us)."""
+    return [
+        {"name": secret_volume_name(i), "secret": {"secretName": m.secret_name}}
+        for i, m in enumerate(px.secret_mounts)
+    ]
+
+
+def restricted_security_context() -> Obj:
+    """A container's side of the Pod Security Standard "restricted"."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
     """The proxy Deployment. Its pod template does not depend on the split: weight changes reach
     the pods through the mounted ConfigMap (hot reload), not a rollout of the Deployment.
@@ -209,27 +236,16 @@ def deployment(owner: Mapping[str, Any], spec: CascadePolicySpec) -> Obj:
         },
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            *(
-                {"name": secret_volume_name(i), "mountPath": m.mount_path, "readOnly": True}
-                for i, m in enumerate(px.secret_mounts)
-            ),
+            *secret_volume_mounts(px),
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": restricted_security_context(),
     }
     if px.env:
         container["env"] = [e.to_yaml_dict() for e in px.env]
     if px.resources:
         container["resources"] = {k: dict(v) for k, v in px.resources.items()}
     volumes: list[Obj] = [{"name": "config", "configMap": {"name": child_name(name)}}]
-    volumes += [
-        {"name": secret_volume_name(i), "secret": {"secretName": m.secret_name}}
-        for i, m in enumerate(px.secret_mounts)
-    ]
+    volumes += secret_volumes(px)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from ..policy import CascadePolicySpec, PolicyError, QualitySLOSpec, parse_policy_spec
 from ..rollout.risks import Risk, policy_risks
 from ..rollout.slo import validate_slos
+from . import autotune
 from .render import CONFIG_DIR, MAX_POLICY_NAME
 
 
@@ -51,7 +52,7 @@ def validate_policy(
     except PolicyError as err:
         return Validated(None, problem=_one_line(str(err)))
     slos: dict[str, QualitySLOSpec] = {}
-    problems: list[str] = _proxy_problems(spec)
+    problems: list[str] = _proxy_problems(spec) + autotune.problems(name, spec)
     for ref in spec.slos:
         body = slo_bodies.get(ref.name)
         if body is None or ref.name in slos:

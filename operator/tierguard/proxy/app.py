@@ -70,6 +70,7 @@ class ProxyApp:
             lambda e: self.decision_log.write(e),
         )
         self.recorder.add(ReviewObserver(self.review))
+        self.shadow.on_result = self.review.observe_comparisons
         self.feedback_seen = SeenIds()
         self.session: aiohttp.ClientSession | None = None
         self._initial = config
@@ -152,12 +153,14 @@ class ProxyApp:
         new = config.settings
         signer = self.signer
         novelty = self.review.load_novelty(new.review)  # before anything changes: may raise
-        if old is not None and new.feedback_key != old.feedback_key:
-            key, source = load_key(new.feedback_key)
-            signer = IdSigner(key, previous_key=self.signer.key)
-            log.info(
-                "feedback key rotated (now from %s); ids signed with the previous key still verify", source
-            )
+        if old is not None and (new.feedback_key != old.feedback_key or new.feedback_key is not None):
+            key, source = load_key(new.feedback_key)  # a configured source is read again: it may rotate
+            if key != self.signer.key:
+                signer = IdSigner(key, previous_key=self.signer.key)
+                log.info(
+                    "feedback key rotated (now from %s); ids signed with the previous key still verify",
+                    source,
+                )
         client_keys = load_client_keys(new.client_keys)
         rt = Runtime(config, self.session, previous=self.runtime)
         if old is not None and new.decision_log != old.decision_log and not self.decision_log_fixed:

@@ -85,6 +85,8 @@ async def escalate(outcome: Outcome, body: dict[str, Any], delivery: Delivery) -
             attempt.judgement = Judgement(i, False, reason, None, None)
             continue
         attempt.judgement = await judge_reply(rev, i, client, body, reply, attempt)
+        if not attempt.judgement.accepted and attempt.answer_kind == "text" and reply.text:
+            attempt.answer = reply.text  # kept for the comparison with the capable tier's answer
         if attempt.judgement.accepted:
             outcome.answered = i
             response = await delivery.send(reply)

@@ -118,7 +118,16 @@ def run(args: argparse.Namespace) -> int:
             proxy.metrics.config_rejected.set(0)
             proxy.config_error = None
 
-        app["watcher"] = asyncio.create_task(watch(path, digest, apply, on_invalid, args.reload_interval))
+        app["watcher"] = asyncio.create_task(
+            watch(
+                path,
+                digest,
+                apply,
+                on_invalid,
+                args.reload_interval,
+                initial_config=proxy.runtime.config if proxy.runtime else None,
+            )
+        )
 
     async def stop_watcher(app: web.Application) -> None:
         app["watcher"].cancel()

@@ -148,6 +148,7 @@ class ShadowObserver:
             decision.request,
             decision.answer,
             decision.response_id,
+            decision.attempts,
         )
 
 

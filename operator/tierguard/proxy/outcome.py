@@ -27,6 +27,7 @@ class Attempt:
     problem: str | None = None  # why an invalid tool call or structured output was refused
     verify_tokens_in: int = 0  # the self-verification call (confidence.method: self_eval)
     verify_tokens_out: int = 0
+    answer: str | None = None  # a cheaper tier's text answer that was escalated (compared later)
 
     def used(self, tier: Tier, tokens_in: int, tokens_out: int, latency_s: float) -> None:
         """Record what the call took and cost."""

@@ -6,6 +6,7 @@ the end, so a reload never changes the rules under a request in flight.
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import aiohttp
 
 from ..policy import CAPABLE_ONLY, ProxyConfig, Revision
 from .upstream import ConnectionKey, TierClient, TierConnection, connection_key
+
+log = logging.getLogger("tierguard.proxy")
 
 
 @dataclass
@@ -61,7 +64,13 @@ class Runtime:
         clients = []
         for tier in rev.cascade.tiers:
             key = connection_key(tier)
-            conn = self.connections.get(key) or reuse.get(key) or TierConnection(tier, session)
+            conn = self.connections.get(key)
+            if conn is None:
+                conn = reuse.get(key)
+                if conn is None:
+                    conn = TierConnection(tier, session)
+                elif conn.refresh_key(tier):  # kept across the reload: its key file may have rotated
+                    log.info("tier %s: API key changed", tier.name)
             self.connections[key] = conn
             clients.append(TierClient(tier, session, conn))
         return RevisionRuntime(rev, clients)

@@ -145,11 +145,21 @@ class TierConnection:
         self.session = session
         self.url = tier.base_url.rstrip("/") + "/chat/completions"
         self.semaphore = asyncio.Semaphore(tier.max_concurrency)
+        self.api_key: str | None = None
+        self.headers: dict[str, str] = {}
+        self.refresh_key(tier)
+
+    def refresh_key(self, tier: Tier) -> bool:
+        """Read the tier's API key again (a mounted Secret rotates its file in place); True when
+        it changed. Raises ValueError when it cannot be read (nothing changes then)."""
         key = resolve_api_key(tier)
-        self.api_key = key
-        self.headers = {"Content-Type": "application/json"}
+        if key == self.api_key and self.headers:
+            return False
+        headers = {"Content-Type": "application/json"}
         if key:
-            self.headers["Authorization"] = f"Bearer {key}"
+            headers["Authorization"] = f"Bearer {key}"
+        self.api_key, self.headers = key, headers  # one swap: a request reads one or the other
+        return True
 
 
 class TierClient:
@@ -164,6 +174,7 @@ class TierClient:
         self.url = self.connection.url
         self.semaphore = self.connection.semaphore
         self.headers = self.connection.headers
+        self.api_key = self.connection.api_key  # the key these headers carry (redacted from errors)
         self.timeout = aiohttp.ClientTimeout(total=tier.timeout_seconds)
 
     def _payload(self, request: dict[str, Any], *, stream: bool, logprobs: bool) -> bytes:
@@ -192,7 +203,7 @@ class TierClient:
             except (TimeoutError, aiohttp.ClientError) as err:
                 raise _transport_failure(self.tier.name, err) from None
         latency = time.perf_counter() - start
-        _check_status(self.tier.name, status, raw, self.connection.api_key, retry_after)
+        _check_status(self.tier.name, status, raw, self.api_key, retry_after)
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
@@ -220,7 +231,7 @@ class TierClient:
                     if resp.status != 200:
                         raw = await resp.read()
                         retry_after = resp.headers.get("Retry-After")
-                        _check_status(self.tier.name, resp.status, raw, self.connection.api_key, retry_after)
+                        _check_status(self.tier.name, resp.status, raw, self.api_key, retry_after)
                     buf = b""
                     async for piece in resp.content.iter_any():
                         buf += piece

@@ -10,11 +10,10 @@ from benchmark B's for ``horizon`` requests. Two copies of the cascade answer th
   recorded correctness ``label_delay`` requests later; every ``tune_every`` requests the labels of
   the last ``label_window`` requests go to the tuner (:data:`TUNER`, today
   :func:`tierguard.review.tune.tune_tier` per tier) and its thresholds are in force from the next
-  request on. The target accuracy of a tier's accepted answers is fixed (``target_accuracy``, or
-  by default the capable tier's accuracy on the calibration rows minus ``max_drop``) or
-  *paired*: the capable tier's accuracy on the same sampled answers (the proxy's shadow call
-  re-asks it; the reviewer labels that answer too) minus ``max_drop``. The shadow calls are paid
-  for (``shadow_cost_share``).
+  request on: the certified tune of ``tierguard tune`` (:func:`tierguard.review.tune.tune`,
+  Learn-then-Test with eps = ``max_drop``) on the window's shadow and escalation comparisons (the
+  proxy's shadow scoring at ``shadow_rate``; the shadow calls are paid for, ``shadow_cost_share``),
+  with the reviewers' labels settling disagreements.
 
 The curves are the *expected* accuracy and savings of the thresholds in force at each point,
 over the rows traffic is drawn from at that point (A's test rows before the shift, B's after):
@@ -38,9 +37,17 @@ from ..outcomes import Row
 from ..policy import CascadePolicySpec, CascadeSpec, ReviewSpec
 from ..review.novelty import NoveltyReference
 from ..review.sampling import Sampler
-from ..review.tune import Label, tune_tier
 
 # --- the tuner, behind a narrow adapter -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A reviewed accepted answer: its calibrated confidence, the label, its inclusion probability."""
+
+    confidence: float
+    correct: bool
+    probability: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +66,14 @@ class Compared:
 
 @dataclass(frozen=True)
 class TuneRequest:
-    """What a tune run sees: the thresholds in force and, per accepting tier, its labelled
-    accepted answers (calibrated confidence, label, inclusion probability) and, for each, whether
-    the capable tier's answer to the same request was right (its shadow answer, labelled by the
-    reviewer next to it; None when there is none)."""
+    """What a tune run sees: the thresholds in force, per accepting tier its reviewed accepted
+    answers (calibrated confidence, label, inclusion probability), the policy in force and the
+    window's shadow and escalation comparisons."""
 
     thresholds: tuple[float, ...]
     labels: tuple[tuple[Label, ...], ...]
-    capable: tuple[tuple[bool | None, ...], ...]
-    target: float | None  # a fixed target accuracy; None: the paired one (capable's, minus max_drop)
     max_drop: float
     max_step: float
-    min_labels: int
     spec: CascadePolicySpec | None = None  # the policy with the thresholds in force
     compared: tuple[Compared, ...] = ()  # shadow and escalation comparisons of the window
 
@@ -78,40 +81,31 @@ class TuneRequest:
 Tuner = Callable[[TuneRequest], list[float]]
 
 
-def paired_target(labels: Sequence[Label], capable: Sequence[bool | None], threshold: float) -> float | None:
-    """The capable tier's inclusion-weighted accuracy on the labelled answers a tier accepts at
-    ``threshold`` (those with a labelled shadow answer); None without any."""
-    pairs = [
-        (1.0 / lb.probability, c)
-        for lb, c in zip(labels, capable, strict=True)
-        if c is not None and lb.confidence >= threshold and lb.probability > 0
-    ]
-    w = sum(x for x, _ in pairs)
-    return sum(x for x, c in pairs if c) / w if w > 0 else None
+def tune_certified(req: TuneRequest) -> list[float]:
+    """:func:`tierguard.review.tune.tune` (Learn-then-Test on the window's shadow and escalation
+    comparisons, eps = ``max_drop``); the thresholds in force when nothing is certified."""
+    from ..review.tune import Comparison, Evidence, TuneError, tune
 
-
-def tune_thresholds(req: TuneRequest) -> list[float]:
-    """:func:`tierguard.review.tune.tune_tier` on each accepting tier, against the fixed target or
-    the capable tier's accuracy on the same accepted answers minus ``max_drop``."""
-    out = []
-    for i, (threshold, labels, capable) in enumerate(
-        zip(req.thresholds, req.labels, req.capable, strict=True)
-    ):
-        target = req.target
-        if target is None:
-            cap = paired_target(labels, capable, threshold)
-            if cap is None:
-                out.append(threshold)
-                continue
-            target = cap - req.max_drop
-        change = tune_tier(
-            str(i), labels, threshold, target, max_step=req.max_step, min_labels=req.min_labels
+    if req.spec is None:
+        return list(req.thresholds)
+    evidence = [
+        Evidence(
+            c.response_id,
+            c.probability,
+            c.answered,
+            tuple(Comparison(t, conf, agree) for t, conf, agree in c.comparisons),
+            c.label,
         )
-        out.append(change.new_threshold)
-    return out
+        for c in req.compared
+    ]
+    try:
+        result = tune(req.spec, evidence, eps=req.max_drop, max_step=req.max_step)
+    except TuneError:
+        return list(req.thresholds)
+    return list(result.new_thresholds)
 
 
-TUNER: Tuner = tune_thresholds
+TUNER: Tuner = tune_certified
 
 
 # --- the rows, as arrays ----------------------------------------------------------------------------
@@ -169,10 +163,7 @@ class LoopConfig:
     label_window: int = 10_000
     label_delay: int = 0
     max_step: float = 0.05
-    min_labels: int = 50
     max_drop: float = 0.01
-    target_accuracy: float | None = None
-    target_mode: str = "calibration"  # calibration | paired (when target_accuracy is None)
     tune_from: int = 0  # the first request after which tune runs (e.g. the shift: tune once drift is seen)
     shadow_rate: float = (
         0.05  # accepted cheaper answers re-asked to the capable tier; escalations kept at it too
@@ -186,7 +177,6 @@ class _Labelled:
     at: int  # request index the label becomes available
     tier: int
     label: Label
-    capable: bool | None  # the capable tier's (shadow) answer to the same request was right
 
 
 @dataclass
@@ -217,26 +207,10 @@ class Loop:
         self.pre = Table(spec, pre, novelty)
         self.post = Table(spec, post, novelty)
         self.static = [t.confidence.threshold for t in spec.tiers[:-1]]
-        last = len(spec.tiers) - 1
-        self.target: float | None
-        if cfg.target_accuracy is not None:
-            self.target = cfg.target_accuracy
-            self.target_basis = f"given: {cfg.target_accuracy:g}"
-        elif cfg.target_mode == "paired":
-            self.target = None
-            self.target_basis = (
-                f"paired: {self.names[-1]}'s reviewed accuracy on the same accepted answers (its shadow "
-                f"answer, labelled next to each sampled cheaper answer) minus {cfg.max_drop:g}"
-            )
-        elif reference:
-            ref_acc = sum(r.correct[last] for r in reference) / len(reference)
-            self.target = ref_acc - cfg.max_drop
-            self.target_basis = (
-                f"{self.names[-1]}'s accuracy on the {len(reference)} calibration rows ({ref_acc:.3f}) "
-                f"minus {cfg.max_drop:g}"
-            )
-        else:
-            raise ValueError("the loop scenario needs calibration rows, a target accuracy or paired labels")
+        self.target_basis = (
+            f"certified: accuracy at most {cfg.max_drop:g} below {self.names[-1]}'s with probability 0.9 "
+            "(tune's Learn-then-Test on the shadow and escalation comparisons of the window)"
+        )
         self._quality_cache: dict[tuple[int, tuple[float, ...]], tuple[float, float]] = {}
 
     def quality(self, phase: int, thresholds: Sequence[float]) -> tuple[float, float]:
@@ -274,10 +248,8 @@ class Loop:
             d = sampler.draw("r", self.names[t], conf, table.novelty[row], float(i))
             if d.sampled and t < n_acc and conf is not None:
                 label = Label(conf, bool(table.correct[row][t]), d.probability)
-                pending.append(_Labelled(i + cfg.label_delay, t, label, bool(table.correct[row][-1])))
+                pending.append(_Labelled(i + cfg.label_delay, t, label))
                 out.labels += 1
-                if self.target is None:  # the paired target needs the capable tier's shadow answer
-                    out.shadow_usd += table.capable_cost[row]
             if rng.random() < cfg.shadow_rate:  # a shadow call, or an escalation kept as evidence
                 if t < n_acc:
                     out.shadow_usd += table.capable_cost[row]
@@ -293,16 +265,12 @@ class Loop:
             window = [x for x in pending if i - cfg.label_window < x.at <= i]
             pending = [x for x in pending if x.at > i - cfg.label_window]
             per_tier = tuple(tuple(x.label for x in window if x.tier == k) for k in range(n_acc))
-            capable = tuple(tuple(x.capable for x in window if x.tier == k) for k in range(n_acc))
             compared = [(at, c) for at, c in compared if at > i - cfg.label_window]
             req = TuneRequest(
                 tuple(thresholds),
                 per_tier,
-                capable,
-                self.target,
                 cfg.max_drop,
                 cfg.max_step,
-                cfg.min_labels,
                 with_confidence(
                     self.spec, thresholds=[*thresholds, self.spec.tiers[-1].confidence.threshold]
                 ),
@@ -351,7 +319,6 @@ class Loop:
         return {
             "config": asdict(cfg),
             "tuner": getattr(self.tuner, "__name__", str(self.tuner)),
-            "target_accuracy": self.target,  # None: paired, per tier and run
             "target_basis": self.target_basis,
             "static_thresholds": self.static,
             "tiers": self.names,

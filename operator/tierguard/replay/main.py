@@ -141,21 +141,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="tune runs only after this many requests (e.g. the shift: tuning starts once drift is seen)",
     )
     lp.add_argument("--max-step", type=float, default=0.05, help="tune's largest threshold change per run")
-    lp.add_argument("--min-labels", type=int, default=50, help="labels a tier needs before tune moves it")
-    lp.add_argument(
-        "--target-accuracy",
-        type=float,
-        default=None,
-        help="tune's accuracy target for accepted answers (default: see --loop-target)",
-    )
-    lp.add_argument(
-        "--loop-target",
-        choices=("calibration", "paired"),
-        default="calibration",
-        help="without --target-accuracy: the capable tier's accuracy on the calibration rows minus "
-        "--max-accuracy-drop (calibration), or its reviewed accuracy on the same accepted answers, "
-        "from a labelled shadow answer next to each sampled one, minus --max-accuracy-drop (paired)",
-    )
     ro = parser.add_argument_group("rollout scenario")
     ro.add_argument(
         "--requests-per-interval", type=int, default=20_000, help="replayed requests per analysis interval"
@@ -201,13 +186,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--loop-review-rate must lie in (0, 1]")
     if not 0.0 < args.max_step <= 1.0:
         raise UserError("--max-step must lie in (0, 1]")
-    if args.target_accuracy is not None and not 0.0 <= args.target_accuracy <= 1.0:
-        raise UserError("--target-accuracy must lie in [0, 1] (a fraction)")
     if args.label_delay < 0 or args.tune_from < 0:
         raise UserError("--label-delay and --tune-from must not be negative")
     for name in (
         "shift_at", "horizon", "runs", "null_runs", "requests_per_interval", "tune_every", "label_window",
-        "min_labels",
     ):  # fmt: skip
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -557,10 +539,7 @@ def run_loop(
         label_window=args.label_window,
         label_delay=args.label_delay,
         max_step=args.max_step,
-        min_labels=args.min_labels,
         max_drop=args.max_accuracy_drop,
-        target_accuracy=args.target_accuracy,
-        target_mode=args.loop_target,
         tune_from=args.tune_from,
         shadow_rate=args.shadow_rate,
         runs=args.runs,

@@ -243,16 +243,12 @@ def _loop_section(lo: dict[str, Any]) -> str:
         "<b>tuned</b> one: every answer goes through the proxy's review sampler (base rate "
         f"{cfg['review_rate']:.1%}, default band weights, novelty against the calibration prompts); sampled "
         f"cheaper-tier answers are labelled {cfg['label_delay']:,} requests later; every "
-        f"{cfg['tune_every']:,} requests <code>{escape(lo['tuner'])}</code> reads the labels of the last "
-        f"{cfg['label_window']:,} requests and moves each threshold by at most {cfg['max_step']:g} "
-        f"(at least {cfg['min_labels']} labels per tier{tune_from}). Target accuracy of accepted answers: "
-        f"{escape(lo['target_basis'])}. {lo['median_labels']:,.0f} labels per run (median)"
-        + (
-            f"; the shadow answers labelled next to them cost {_p(lo['shadow_cost_share'], 2)} of the "
-            "capable tier alone (not in the savings curve)"
-            if lo["shadow_cost_share"]
-            else ""
-        )
+        f"{cfg['tune_every']:,} requests <code>{escape(lo['tuner'])}</code> reads the evidence of the "
+        f"last {cfg['label_window']:,} requests and moves the thresholds by at most {cfg['max_step']:g}"
+        f"{tune_from}. Tune's target: {escape(lo['target_basis'])}. {lo['median_labels']:,.0f} review "
+        f"labels per run (median); the shadow calls ({_p(cfg['shadow_rate'], 0)} of accepted cheaper "
+        "answers) cost "
+        f"{_p(lo['shadow_cost_share'], 2)} of the capable tier alone (not in the savings curve)"
         + ". Curves: the expected accuracy and savings of the thresholds in "
         "force, over the rows traffic is drawn from at that point (median over runs).</p>",
         _table(

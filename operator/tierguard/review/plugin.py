@@ -9,8 +9,7 @@ keeps them keeps both. Nothing here blocks a request: see :mod:`.observer` and :
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -98,14 +97,12 @@ class ReviewPlugin:
         if self.sampling is not None:
             self.sampling.observe(answered)
 
-    def observe_shadow(
-        self, response_id: str, revision: str, tier: str, agree: bool, cost_usd: float
-    ) -> None:
-        """A shadow result, kept in the store next to the labels (for tuning)."""
+    def observe_comparisons(self, results: Sequence[ShadowResult]) -> None:
+        """Comparisons of cheaper answers with the capable tier's (shadow calls, escalated
+        requests), kept in the store for ``tierguard tune``; dropped (and counted) like items."""
         if self.sampling is not None:
-            self.sampling.writer.offer(
-                ShadowResult(response_id, time.time(), self.policy(), revision, tier, agree, cost_usd)
-            )
+            for r in results:
+                self.sampling.writer.offer(r)
 
     def close(self) -> None:
         if self.sampling is not None:

@@ -24,7 +24,7 @@ class QualitySettings:
 def populations(rows: Iterable[StratumRow]) -> dict[str, dict[tuple[str, str], Population]]:
     """Per policy and (revision, tier): every answer's calibrated confidence, summed from the hourly
     stratum counts. A tier is left out when some of its counted answers have no confidence sum
-    (hours written before schema 2, or a tier without confidences): its difference estimate would
+    (hours written before schema 3, or a tier without confidences): its difference estimate would
     not cover the same answers as its sample."""
     acc: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:

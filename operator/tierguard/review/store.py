@@ -61,10 +61,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 PRIMARY KEY (hour, policy, revision, tier, band))""",
         ],
     ),
+    (
+        # shadow rows become comparisons of a cheaper tier's answer with the capable tier's, from a
+        # shadow call or free from an escalated request, with what tune needs (docs/review.md)
+        2,
+        [
+            "ALTER TABLE shadow ADD COLUMN raw_confidence DOUBLE PRECISION",
+            "ALTER TABLE shadow ADD COLUMN confidence DOUBLE PRECISION",
+            "ALTER TABLE shadow ADD COLUMN probability DOUBLE PRECISION",
+            "ALTER TABLE shadow ADD COLUMN source TEXT NOT NULL DEFAULT 'shadow'",
+            "ALTER TABLE shadow ADD COLUMN answered TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX shadow_policy ON shadow (policy, revision, ts)",
+        ],
+    ),
 ]
 MIGRATIONS.append(
     (
-        2,
+        3,
         [  # every answer's calibrated confidence summed per stratum and hour: the difference estimate
             "ALTER TABLE strata ADD COLUMN confidence_sum DOUBLE PRECISION NOT NULL DEFAULT 0",
             "ALTER TABLE strata ADD COLUMN confidence_n BIGINT NOT NULL DEFAULT 0",
@@ -110,6 +123,14 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ShadowResult:
+    """A cheaper tier's answer to one request compared with the capable tier's answer.
+
+    ``source`` is ``shadow`` (the capable tier re-asked after the fact, ``cost_usd`` paid for it)
+    or ``escalation`` (the request escalated to the capable tier, so both answers exist at no
+    extra cost). ``probability`` is the request's inclusion probability: the shadow rate, or the
+    rate escalated requests are recorded at (None on rows written before schema version 2).
+    ``answered`` is the tier whose answer the client received."""
+
     response_id: str
     ts: float
     policy: str
@@ -117,6 +138,11 @@ class ShadowResult:
     tier: str
     agree: bool
     cost_usd: float
+    raw_confidence: float | None = None
+    confidence: float | None = None
+    probability: float | None = None
+    source: str = "shadow"
+    answered: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +154,7 @@ class StratumRow:
     band: str
     seen: int
     sampled: int
-    confidence_sum: float = 0.0  # of the answers with a calibrated confidence (schema 2)
+    confidence_sum: float = 0.0  # of the answers with a calibrated confidence (schema 3)
     confidence_n: int = 0
 
 
@@ -142,6 +168,7 @@ class LabelledItem:
 
 ITEM_COLUMNS = tuple(Item.__dataclass_fields__)
 EVENT_COLUMNS = tuple(Event.__dataclass_fields__)
+SHADOW_COLUMNS = tuple(ShadowResult.__dataclass_fields__)
 
 
 class Store:
@@ -277,18 +304,14 @@ class Store:
         return self._run(go)
 
     def add_shadow(self, results: Sequence[ShadowResult]) -> None:
-        sql = self._sql(
-            "INSERT INTO shadow (response_id, ts, policy, revision, tier, agree, cost_usd) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)"
-        )
+        cols = ", ".join(SHADOW_COLUMNS)
+        marks = ", ".join("?" for _ in SHADOW_COLUMNS)
+        sql = self._sql(f"INSERT INTO shadow ({cols}) VALUES ({marks})")
 
         def go(cur: Any) -> None:
             cur.executemany(
                 sql,
-                [
-                    (r.response_id, r.ts, r.policy, r.revision, r.tier, int(r.agree), r.cost_usd)
-                    for r in results
-                ],
+                [tuple(int(v) if isinstance(v, bool) else v for v in asdict(r).values()) for r in results],
             )
 
         self._run(go)
@@ -368,16 +391,17 @@ class Store:
 
         return self._run(go)
 
-    def _select(self, sql: str, policy: str | None, order: str, convert: Callable[[Any], T]) -> list[T]:
-        """Rows of ``sql`` (optionally of one policy) in ``order``, each converted."""
-        joiner = " AND " if " WHERE " in sql else " WHERE "
-        args: tuple[Any, ...] = ()
-        if policy is not None:
-            sql += joiner + "policy = ?"
-            args = (policy,)
+    def _select(
+        self, sql: str, filters: Sequence[tuple[str, Any]], order: str, convert: Callable[[Any], T]
+    ) -> list[T]:
+        """Rows of ``sql`` where each (column or condition with ``?``, value) of ``filters`` with a
+        value that is not None holds, in ``order``, each converted."""
+        conds = [(c if "?" in c else f"{c} = ?", v) for c, v in filters if v is not None]
+        if conds:
+            sql += " WHERE " + " AND ".join(c for c, _ in conds)
 
         def go(cur: Any) -> list[T]:
-            cur.execute(self._sql(f"{sql} ORDER BY {order}"), args)
+            cur.execute(self._sql(f"{sql} ORDER BY {order}"), tuple(v for _, v in conds))
             return [convert(row) for row in cur.fetchall()]
 
         return self._run(go)
@@ -387,17 +411,27 @@ class Store:
             "SELECT hour, policy, revision, tier, band, seen, sampled, confidence_sum, confidence_n "
             "FROM strata"
         )
-        return self._select(sql, policy, "hour, revision, tier, band", lambda r: StratumRow(*r))
+        return self._select(sql, [("policy", policy)], "hour, revision, tier, band", lambda r: StratumRow(*r))
 
     def events(self, policy: str | None = None, since: float = 0.0) -> list[Event]:
-        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE ts >= {float(since)!r}"
-        return self._select(sql, policy, "ts", lambda r: Event(*r))
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+        return self._select(sql, [("ts >= ?", float(since)), ("policy", policy)], "ts", lambda r: Event(*r))
 
-    def shadow_results(self, policy: str | None = None) -> list[ShadowResult]:
-        sql = "SELECT response_id, ts, policy, revision, tier, agree, cost_usd FROM shadow"
+    def shadow_results(self, policy: str | None = None, revision: str | None = None) -> list[ShadowResult]:
+        """Comparisons with the capable tier (shadow calls and escalated requests)."""
+        sql = f"SELECT {', '.join(SHADOW_COLUMNS)} FROM shadow"
         return self._select(
-            sql, policy, "ts", lambda r: ShadowResult(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
+            sql,
+            [("policy", policy), ("revision", revision)],
+            "ts, response_id, tier",
+            _shadow_row,
         )
+
+
+def _shadow_row(r: Sequence[Any]) -> ShadowResult:
+    values = list(r)
+    values[SHADOW_COLUMNS.index("agree")] = bool(values[SHADOW_COLUMNS.index("agree")])
+    return ShadowResult(**dict(zip(SHADOW_COLUMNS, values, strict=True)))
 
 
 class SQLiteStore(Store):

@@ -8,6 +8,7 @@ Types used by tierguard:
 ``Progressing``
     True while a canary is being analysed and moved through the steps; the reason says what the
     last analysis saw (``StepAdvanced``, ``NoData``, ``TooFewSamples``, ``ProviderError``, ...).
+    False with ``ProgressDeadlineExceeded`` once the progress deadline passed (as a Deployment's).
 ``Degraded``
     True after an automatic rollback (``RolledBack``), an abort (``Aborted``), for an invalid spec
     (``InvalidSpec``), or when the progress deadline passed without progress

@@ -376,17 +376,24 @@ def next_status(
     gen = _gen(status, generation)
     conds = status.conditions
     if isinstance(decision, Hold):
-        degraded = (
-            (True, "ProgressDeadlineExceeded", decision.message)
+        # Past the progress deadline, Progressing turns False with ProgressDeadlineExceeded, as a
+        # Deployment's does: with Reconciling (its mirror) still True, kstatus would read the
+        # object as in progress while Argo CD's check reads Degraded; now both read it as failed.
+        # The analysis goes on: a passing interval advances and sets them back.
+        progressing, degraded = (
+            (
+                (False, "ProgressDeadlineExceeded", decision.message),
+                (True, "ProgressDeadlineExceeded", decision.message),
+            )
             if decision.stalled
-            else (False, "Healthy", "no progress problem")
+            else ((True, decision.reason, decision.message), (False, "Healthy", "no progress problem"))
         )
         conds = cond.set_conditions(
             conds,
             now,
             gen,
             Ready=(False, "RolloutInProgress", f"canary {status.canary_revision} at {status.canary_weight}%"),
-            Progressing=(True, decision.reason, decision.message),
+            Progressing=progressing,
             Degraded=degraded,
         )
         return status.model_copy(
