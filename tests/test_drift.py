@@ -120,7 +120,7 @@ def test_upper_quantile():
 
 def test_vectorised_paths_match_the_streaming_detectors():
     np = pytest.importorskip("numpy")
-    from tierguard.replay.monitors import cusum_path, psi_path
+    from tierguard.replay.monitors import cusum_path, psi_path, residual_cusum_path
 
     rng = random.Random(3)
     events = [rng.random() < 0.2 for _ in range(500)]
@@ -130,6 +130,18 @@ def test_vectorised_paths_match_the_streaming_detectors():
         c.observe(e)
         stream.append(c.statistic)
     assert np.allclose(cusum_path(np.array(events), 0.1, 0.15), stream)
+
+    # the residual CUSUM with one expected error rate for every answer is the plain CUSUM
+    p0 = np.full(len(events), 0.1)
+    assert np.allclose(residual_cusum_path(np.array(events), p0, 0.05), stream)
+    # and with its own rate per answer, the streaming detector run answer by answer
+    rates = [0.02 + 0.5 * rng.random() for _ in events]
+    expected_stat, s = [], 0.0
+    for e, r in zip(events, rates, strict=True):
+        d = BernoulliCUSUM(r, rate_shift(r, 0.05))
+        s = max(0.0, s + (d.up if e else d.down))
+        expected_stat.append(s)
+    assert np.allclose(residual_cusum_path(np.array(events), np.array(rates), 0.05), expected_stat)
 
     ref = histogram([rng.random() for _ in range(300)], CONFIDENCE_EDGES)
     values = [rng.random() ** 0.2 for _ in range(1000)]

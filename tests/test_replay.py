@@ -357,3 +357,38 @@ def test_stratified_review_spends_the_aggregate_label_budget():
     for m in strat:
         q = np.minimum(1.0, m.sample_rate * scen.pre.review_weight) * (scen.pre.answered == m.tier)
         assert float(q.mean()) == pytest.approx(0.01, rel=0.05)
+
+
+def test_calibration_review_detects_over_confidence_sooner_than_the_label_rate():
+    """After the shift the cheap tier is more confident and less often right. The error rate of its
+    reviewed answers rises 5 points; their error against their own confidence rises 20. On the same
+    labels and at the same false-alarm rate, the residual CUSUM fires first."""
+    import yaml
+
+    from tierguard.policy import parse_policy_spec
+    from tierguard.replay.monitors import DriftConfig, Scenario
+
+    spec = parse_policy_spec(yaml.safe_load(POLICY)["spec"])
+    spec = spec.model_copy(update={"tiers": [
+        t.model_copy(update={"confidence": t.confidence.model_copy(update={"threshold": 0.5})}) for t in spec.tiers
+    ]})  # fmt: skip
+    rng = random.Random(8)
+    n_t = len(spec.tiers)
+
+    def rows(k, shifted):
+        out = []
+        for i in range(k):
+            c = 0.8 + 0.2 * rng.random() if shifted else 0.5 + 0.5 * rng.random()
+            p = 0.7 if shifted else c
+            out.append(Row(f"q{i}", "b", "test", "c", f"question {i} about topic {i % 7}", (c,) * n_t,
+                           (rng.random() < p,) * n_t, (1.0,) * n_t, ("A",) * n_t))  # fmt: skip
+        return out
+
+    cfg = DriftConfig("a", "b", shift_at=2000, horizon=20000, review_rate=0.02, null_runs=60, runs=12)
+    scen = Scenario(spec, rows(2000, False), rows(2000, True), rows(500, False), cfg)
+    out = {m["name"]: m for m in scen.run()["monitors"]}
+    resid, rate = out["calibration-review:small"], out["stratified-review:small"]
+    assert resid["kind"] == "residual" and abs(resid["offset"]) < 0.05  # calibrated before the shift
+    assert resid["median_delay"] is not None
+    assert rate["median_delay"] is None or resid["median_delay"] * 2 < rate["median_delay"]
+    assert resid["false_alarms_before_shift"] <= 3

@@ -15,7 +15,7 @@ from cdp import Browser
 from procs import start_review
 from tierguard.cli import main as cli_main
 from tierguard.review.estimate import SampledItem, estimates
-from tierguard.review.store import Item, open_store
+from tierguard.review.store import Item, StratumRow, open_store
 
 TOKEN = "alice-token-0123456789"
 
@@ -40,6 +40,10 @@ def review(tmp_path):
         store.set_label(cheap[i].id, "correct" if i % 2 else "incorrect", "", "bob")
     for it in capable:  # the capable tier: all right, and 10x the weight
         store.set_label(it.id, "correct", "", "bob")
+    # the proxy counted 430 cheap answers with a mean calibrated confidence of 0.4 (the sampled
+    # ones had 0.3), and capable answers without a confidence
+    store.add_strata([StratumRow(500_000, "pol", "r1", "cheap", "0-0.5", 430, 43, 0.4 * 430, 430)])
+    store.add_strata([StratumRow(500_000, "pol", "r1", "capable", "none", 20_000, 200)])
     store.close()
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# reviewers\nalice:{TOKEN}\nbob:bob-token-0123456789\n")
@@ -110,6 +114,11 @@ def test_reviewer_labels_with_the_keyboard_in_chromium(review, tmp_path):
         assert b.eval("document.querySelector('tr[data-tier=\"cheap\"]').className") == "worse"
         assert b.eval("document.querySelector('tr[data-tier=\"*\"]').className") == "aggregate"
         assert b.eval("document.querySelectorAll('#plot circle').length") == 3
+        # model-assisted: 0.4 + the mean residual of 20 right (+0.7) and 20 wrong (-0.3) = 0.6;
+        # none for the capable tier (no confidences) and so none for the aggregate
+        cells = "Array.from(document.querySelectorAll('tr[data-tier=\"%s\"] td.diff')).map(c => c.textContent)"
+        assert b.eval(cells % "cheap") == ["0.600"]
+        assert b.eval(cells % "capable") == ["\u2013"] and b.eval(cells % "*") == ["\u2013"]
         # the first stratum with unlabelled items is shown
         first = b.wait_for("document.body.dataset.item")
         assert first == "chatcmpl-cheap-40"
@@ -160,6 +169,11 @@ def test_reviewer_labels_with_the_keyboard_in_chromium(review, tmp_path):
     low = _metric(after, "tierguard_review_accuracy_lower", policy="pol", revision="r1", tier="*")
     assert low == pytest.approx(expected["*"].lo)
     assert _metric(after, "tierguard_review_accuracy", policy="pol", revision="r1", tier="capable") == 1.0
+    # after labelling 41 (wrong) and 42 (right): 21 right, 21 wrong at confidence 0.3 -> 0.4 + 0.2
+    diff = _metric(after, "tierguard_review_accuracy_difference", policy="pol", revision="r1", tier="cheap")
+    assert diff == pytest.approx(0.6)
+    assert _metric(after, "tierguard_review_accuracy_difference_lower", policy="pol", revision="r1", tier="cheap") < 0.6
+    assert _metric(after, "tierguard_review_accuracy_difference", policy="pol", revision="r1", tier="capable") is None
     with urllib.request.urlopen(f"{proc.base}/api/quality") as r:
         q = json.load(r)
     cheap = next(e for e in q["policies"]["pol"] if e["tier"] == "cheap")

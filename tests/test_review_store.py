@@ -76,9 +76,9 @@ def test_items_labels_events_shadow_strata_and_retention(store_url):
         s.add_shadow([ShadowResult("chatcmpl-1", now, "pol", "r1", "cheap", False, 0.01)])
         assert s.shadow_results()[0].agree is False
 
-        s.add_strata([StratumRow(10, "pol", "r1", "cheap", "0-0.5", 100, 3)])
-        s.add_strata([StratumRow(10, "pol", "r1", "cheap", "0-0.5", 50, 1)])
-        assert s.strata() == [StratumRow(10, "pol", "r1", "cheap", "0-0.5", 150, 4)]
+        s.add_strata([StratumRow(10, "pol", "r1", "cheap", "0-0.5", 100, 3, 31.5, 100)])
+        s.add_strata([StratumRow(10, "pol", "r1", "cheap", "0-0.5", 50, 1, 20.25, 50)])
+        assert s.strata() == [StratumRow(10, "pol", "r1", "cheap", "0-0.5", 150, 4, 51.75, 150)]
 
         deleted = s.purge(now - 86400 * 30)
         assert deleted == 2  # the old item and the strata row of hour 10 (1970)
@@ -270,3 +270,25 @@ def test_postgres_down_is_a_store_error_and_the_store_reconnects(pg_server):
         assert drops == [("store_error", 1)]  # the next write reconnected
         assert {r.item.id for r in s.items()} == {"chatcmpl-1", "chatcmpl-4"}
         w.close()
+
+
+def test_schema_1_store_is_migrated_and_keeps_its_counts(tmp_path):
+    """A store written before the confidence sums existed: migration 2 adds them as 0, so the
+    page knows those hours lack them (and leaves the model-assisted estimate out)."""
+    from tierguard.review.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for stmt in MIGRATIONS[0][1]:
+        conn.execute(stmt)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO strata VALUES (5, 'pol', 'r1', 'cheap', '0-0.5', 7, 1)")
+    conn.commit()
+    conn.close()
+    s = open_store(f"sqlite:{path}")
+    try:
+        assert s.migrate() == SCHEMA_VERSION == 3
+        assert s.strata() == [StratumRow(5, "pol", "r1", "cheap", "0-0.5", 7, 1, 0.0, 0)]
+    finally:
+        s.close()

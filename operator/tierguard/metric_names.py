@@ -60,6 +60,8 @@ REVIEW_CAPPED = f"{PREFIX}_review_capped"  # counter (hard quota cap); labels: p
 # gauges exported by `tierguard review` from the labels in the store
 REVIEW_ACCURACY = f"{PREFIX}_review_accuracy"  # inclusion-weighted; labels: policy, revision, tier
 REVIEW_ACCURACY_LOW = f"{PREFIX}_review_accuracy_lower"  # lower confidence bound; same labels
+REVIEW_ACCURACY_DIFFERENCE = f"{PREFIX}_review_accuracy_difference"  # model-assisted; same labels
+REVIEW_ACCURACY_DIFFERENCE_LOW = f"{PREFIX}_review_accuracy_difference_lower"
 REVIEW_LABELS = f"{PREFIX}_review_labels"  # gauge: labels (correct+incorrect); same labels
 # counters exported by the proxy that accepted the event; labels: policy, revision, tier, event
 OUTCOME_EVENTS = f"{PREFIX}_outcome_events"

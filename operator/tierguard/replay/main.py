@@ -78,9 +78,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scenario",
-        choices=("none", "drift", "rollout"),
+        choices=("none", "drift", "rollout", "loop"),
         default="none",
-        help="also run this scenario (rollout: the fitted policy through the operator's rollout gate)",
+        help="also run this scenario (rollout: the fitted policy through the operator's rollout gate; "
+        "loop: review labels feeding tune after a shift)",
     )
     parser.add_argument(
         "--fit",
@@ -114,10 +115,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     drift.add_argument("--horizon", type=int, default=100_000, help="requests after the shift")
     drift.add_argument("--review-rate", type=float, default=0.005, help="human-review sample of all answers")
     drift.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate per healthy stream")
-    drift.add_argument("--runs", type=int, default=20, help="drift replications")
+    drift.add_argument("--runs", type=int, default=20, help="drift (and loop) replications")
+    drift.add_argument(
+        "--scenario-policy",
+        choices=("fitted", "selected"),
+        default="fitted",
+        help="the cascade the drift and loop scenarios watch: as fitted by --fit (the certified "
+        "policy), or selected on A's train rows without a guarantee (one that accepts cheaper "
+        "answers when the certificate covers none)",
+    )
     drift.add_argument(
         "--null-runs", type=int, default=200, help="healthy streams for the false-alarm calibration"
     )
+    lp = parser.add_argument_group("loop scenario (shift as --drift-from/--drift-to/--shift-at/--horizon)")
+    lp.add_argument("--loop-review-rate", type=float, default=0.01, help="review sampler's base rate")
+    lp.add_argument("--tune-every", type=int, default=1_000, help="requests between tune runs")
+    lp.add_argument(
+        "--label-window", type=int, default=10_000, help="tune reads the labels of this many last requests"
+    )
+    lp.add_argument("--label-delay", type=int, default=0, help="requests until a sampled answer is labelled")
+    lp.add_argument(
+        "--tune-from",
+        type=int,
+        default=0,
+        help="tune runs only after this many requests (e.g. the shift: tuning starts once drift is seen)",
+    )
+    lp.add_argument("--max-step", type=float, default=0.05, help="tune's largest threshold change per run")
     ro = parser.add_argument_group("rollout scenario")
     ro.add_argument(
         "--requests-per-interval", type=int, default=20_000, help="replayed requests per analysis interval"
@@ -159,7 +182,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--alpha must lie in (0, 1)")
     if args.rollout_resplits < 0:
         raise UserError("--rollout-resplits must not be negative")
-    for name in ("shift_at", "horizon", "runs", "null_runs", "requests_per_interval"):
+    if not 0.0 < args.loop_review_rate <= 1.0:
+        raise UserError("--loop-review-rate must lie in (0, 1]")
+    if not 0.0 < args.max_step <= 1.0:
+        raise UserError("--max-step must lie in (0, 1]")
+    if args.label_delay < 0 or args.tune_from < 0:
+        raise UserError("--label-delay and --tune-from must not be negative")
+    for name in (
+        "shift_at", "horizon", "runs", "null_runs", "requests_per_interval", "tune_every", "label_window",
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
@@ -380,24 +411,72 @@ def evaluate_strategies(
     }
 
 
+@dataclass(frozen=True)
+class Shift:
+    """The rows on both sides of a scenario's shift and the cascade that answers them."""
+
+    train_a: Sequence[Row]
+    test_a: Sequence[Row]
+    test_b: Sequence[Row]
+    spec: CascadePolicySpec  # the cascade as it routes (capable-only: no cheaper tier ever accepts)
+    fit_info: dict[str, Any]
+
+
+def shift_rows(
+    spec: CascadePolicySpec, ds: Dataset, args: argparse.Namespace, progress: Progress, label: str
+) -> Shift:
+    a, b = args.drift_from, args.drift_to
+    have = ds.benchmarks()
+    for bench in (a, b):
+        if bench not in have:
+            raise UserError(
+                f"{label} scenario: no usable rows of benchmark {bench!r} (have: {', '.join(have) or 'none'})"
+            )
+    train_a = ds.select(split="train", benchmark=a)
+    test_a = ds.select(split="test", benchmark=a)
+    test_b = ds.select(split="test", benchmark=b)
+    if not test_a or not test_b:
+        raise UserError(f"{label} scenario: need test rows of both {a!r} and {b!r}")
+    if args.scenario_policy == "selected":
+        from ..calibration import selected_on_train
+
+        if not train_a:
+            raise UserError(f"{label} scenario: --scenario-policy selected needs train rows of {a!r}")
+        progress(f"{label} ({a}): selecting thresholds on {len(train_a)} train rows without a guarantee")
+        fitted = selected_on_train(spec, train_a, args.max_accuracy_drop)
+        fit_info: dict[str, Any] = {
+            "source": "selected on train without a guarantee (--scenario-policy selected)",
+            "rows": len(train_a),
+            "capable_only": False,
+        }
+    else:
+        fitted, fit_info = fit_spec(spec, train_a, args.fit, _objective(args), progress, f"{label} ({a})")
+        if fit_info.get("capable_only"):
+            fitted = never_accepts(fitted)
+    return Shift(train_a, test_a, test_b, fitted, fit_info)
+
+
+def never_accepts(spec: CascadePolicySpec) -> CascadePolicySpec:
+    """``spec`` with no cheaper tier ever accepting: the capable-only policy as the cascade routes it."""
+    from ..calibration import with_confidence
+
+    cheaper = len(spec.tiers) - 1
+    zero: list[tuple[float, float]] = [(0.0, 0.0), (1.0, 0.0)]  # every raw confidence maps to 0
+    return with_confidence(
+        spec,
+        calibrations=[zero] * cheaper + [None],
+        thresholds=[1.0] * cheaper + [spec.tiers[-1].confidence.threshold],
+    )
+
+
 def run_drift(
     spec: CascadePolicySpec, ds: Dataset, args: argparse.Namespace, names: Sequence[str], progress: Progress
 ) -> dict[str, Any]:
     from .monitors import DriftConfig, Scenario
 
     a, b = args.drift_from, args.drift_to
-    have = ds.benchmarks()
-    for bench in (a, b):
-        if bench not in have:
-            raise UserError(
-                f"drift scenario: no usable rows of benchmark {bench!r} (have: {', '.join(have) or 'none'})"
-            )
-    train_a = ds.select(split="train", benchmark=a)
-    test_a = ds.select(split="test", benchmark=a)
-    test_b = ds.select(split="test", benchmark=b)
-    if not test_a or not test_b:
-        raise UserError(f"drift scenario: need test rows of both {a!r} and {b!r}")
-    fitted, fit_info = fit_spec(spec, train_a, args.fit, _objective(args), progress, f"drift ({a})")
+    sh = shift_rows(spec, ds, args, progress, "drift")
+    train_a, test_a, test_b, fitted, fit_info = sh.train_a, sh.test_a, sh.test_b, sh.spec, sh.fit_info
     # Quality before and after the shift, per strategy (all fitted on A's train rows).
     only = bool(fit_info.get("capable_only"))
     before = evaluate_strategies(
@@ -436,6 +515,39 @@ def run_drift(
     progress(f"drift {a} -> {b}: {cfg.runs} runs")
     mon = scen.run(progress=False)
     return {"fit": fit_info, "policy": policy_summary(fitted), "quality": quality, **mon}
+
+
+def run_loop(
+    spec: CascadePolicySpec, ds: Dataset, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    from .loop import Loop, LoopConfig
+
+    sh = shift_rows(spec, ds, args, progress, "loop")
+    if sh.fit_info.get("capable_only"):
+        raise UserError(
+            f"loop scenario: the fitted policy is capable-only on {args.drift_from!r} ({NEVER_ACCEPTS}); "
+            "there are no cheaper answers to review or tune. Give a policy with thresholds (--fit never) "
+            "or --scenario-policy selected"
+        )
+    cfg = LoopConfig(
+        source=args.drift_from,
+        target=args.drift_to,
+        shift_at=args.shift_at,
+        horizon=args.horizon,
+        review_rate=args.loop_review_rate,
+        tune_every=args.tune_every,
+        label_window=args.label_window,
+        label_delay=args.label_delay,
+        max_step=args.max_step,
+        max_drop=args.max_accuracy_drop,
+        tune_from=args.tune_from,
+        shadow_rate=args.shadow_rate,
+        runs=args.runs,
+        seed=args.seed,
+    )
+    progress(f"loop {cfg.source} -> {cfg.target}: {cfg.runs} runs of {cfg.shift_at + cfg.horizon} requests")
+    out = Loop(sh.spec, sh.test_a, sh.test_b, sh.train_a, cfg).run(progress=not args.quiet)
+    return {"fit": sh.fit_info, "policy": policy_summary(sh.spec), **out}
 
 
 def reliability_report(
@@ -542,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
     wanted = None
     if args.benchmark:
         wanted = list(args.benchmark)
-        if args.scenario == "drift":
+        if args.scenario in ("drift", "loop"):
             wanted += [args.drift_from, args.drift_to]
     progress(f"loading {args.data}")
     ds = load_dataset(args.data, spec, strict=args.strict, benchmarks=wanted)
@@ -582,12 +694,15 @@ def run(args: argparse.Namespace) -> int:
         **main_eval,
         "drift": None,
         "rollout": None,
+        "loop": None,
         "reliability": reliability_report(spec, fitted, train, test),
     }
     if args.scenario == "drift":
         report["drift"] = run_drift(spec, ds, args, names, progress)
     if args.scenario == "rollout":
         report["rollout"] = run_rollout(spec, train, test, args, progress)
+    if args.scenario == "loop":
+        report["loop"] = run_loop(spec, ds, args, progress)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -642,6 +757,25 @@ def text_summary(report: dict[str, Any]) -> str:
                 f"  {mo['name']:<28} median requests to fire: {fired:>10}"
                 f"  speed-up vs aggregate: {'-' if sp is None else f'{sp:.1f}x'}"
             )
+    lo = report.get("loop")
+    if lo:
+        mb = lo["median_back_after"]
+        lc, st_after, tuned = lo["config"], lo["static_after"], lo["tuned_final"]
+        lines.append(
+            f"loop {lc['source']} -> {lc['target']} at request {lc['shift_at']} "
+            f"(target of accepted answers: {lo['target_basis']}):"
+        )
+        lines.append(
+            f"  after the shift: capable {lo['capable_accuracy_after']:.1%}; "
+            f"static {st_after['accuracy']:.1%} (savings {st_after['savings']:.1%}); "
+            f"tuned {tuned['accuracy']:.1%} (savings {tuned['savings']:.1%})"
+        )
+        lines.append(
+            "  tuned back within "
+            f"{lo['config']['max_drop'] * 100:g} point(s) of capable: "
+            + ("not in the median run" if mb is None else f"median {int(mb)} requests after the shift")
+            + f" ({lo['never_back']}/{len(lo['back_after'])} runs never)"
+        )
     ro = report.get("rollout")
     if ro:
         lines.append(

@@ -12,6 +12,12 @@ all of it. Monitors watching the cascade:
   spends it (:mod:`tierguard.review.sampling`): on the tier's accepted answers, oversampling low
   calibrated confidence (the default band weights) and novel prompts (novelty against the
   calibration prompts, :mod:`tierguard.review.novelty`).
+- ``calibration-review:<tier>``: the stratified review's labels again (the same draws), but the
+  CUSUM watches the *residual*: each labelled answer's error is compared with its own expected
+  error ``1 - c`` (``c`` its calibrated confidence, shifted by the tier's mean residual on
+  pre-shift traffic), and the alternative is that error plus ``delta``. The between-answer
+  variance the confidence already explains is taken out, and an answer the tier was sure of that
+  turns out wrong weighs much more than a wrong one it hesitated on.
 - ``shadow:<tier>``: the last tier re-answers a sample of a cheaper tier's accepted answers; the
   event is "the two recorded answers differ" (no human label needed).
 - ``psi:<tier>``: PSI of the tier's raw confidences (last ``window`` answers, every ``step``)
@@ -91,6 +97,14 @@ class Population:
             weights.append(w * novelty_weight(nov, review.novelty_boost))
         self.review_weight = np.array(weights, dtype=float)
         self.answered = answered
+        # the answering tier's calibrated confidence (NaN when it has none)
+        self.confidence = np.array(
+            [
+                np.nan if rt.judgements[-1].confidence is None else rt.judgements[-1].confidence
+                for rt in routes
+            ],
+            dtype=float,
+        )
         self.final_correct = np.array([r.correct[t] for r, t in zip(rows, answered, strict=True)], dtype=bool)
         self.tier_correct = np.array([[r.correct[t] for t in range(n_t)] for r in rows], dtype=bool).reshape(
             self.n, n_t
@@ -108,6 +122,17 @@ def cusum_path(events: Any, p0: float, p1: float) -> Any:
     np = _np()
     c = BernoulliCUSUM(p0, p1)
     llr = np.where(events, c.up, c.down)
+    w = np.cumsum(llr)
+    return w - np.minimum(0.0, np.minimum.accumulate(w))
+
+
+def residual_cusum_path(errors: Any, p0: Any, delta: float) -> Any:
+    """A Bernoulli CUSUM whose null error rate is per observation (``p0[i]``) and whose alternative
+    is ``p0[i] + delta`` (as :func:`tierguard.drift.rate_shift`, kept inside (p0, 1))."""
+    np = _np()
+    p0 = np.clip(np.asarray(p0, dtype=float), 1e-3, 1 - 1e-3)
+    p1 = np.minimum(p0 + delta, (p0 + 1.0) / 2)
+    llr = np.where(errors, np.log(p1 / p0), np.log((1.0 - p1) / (1.0 - p0)))
     w = np.cumsum(llr)
     return w - np.minimum(0.0, np.minimum.accumulate(w))
 
@@ -136,12 +161,13 @@ def psi_path(
 @dataclass
 class MonitorSpec:
     name: str
-    kind: str  # "cusum" | "psi"
+    kind: str  # "cusum" | "residual" | "psi"
     tier: int | None
     p0: float | None = None
     p1: float | None = None
     sample_rate: float | None = None
     threshold: float | None = None
+    offset: float = 0.0  # calibration-review: the tier's mean residual (label - confidence) before the shift
 
 
 class Scenario:
@@ -204,6 +230,16 @@ class Scenario:
                     f"stratified-review:{self.names[t]}", "cusum", t, s0, rate_shift(s0, cfg.delta), c
                 )
             )
+            conf = p.confidence
+            known = acc & np.isfinite(conf)
+            if known.any():
+                wk = np.where(known, p.review_weight, 0.0)
+                offset = float((wk * (p.tier_correct[:, t] - np.nan_to_num(conf))).sum() / wk.sum())
+                self.monitors.append(
+                    MonitorSpec(
+                        f"calibration-review:{self.names[t]}", "residual", t, s0, None, c, offset=offset
+                    )
+                )
             d0 = max(1e-3, float(p.disagree[acc, t].mean()))
             self.monitors.append(
                 MonitorSpec(
@@ -232,6 +268,7 @@ class Scenario:
             "disagree": cat("disagree"),
             "raw": cat("raw"),
             "review_weight": cat("review_weight"),
+            "confidence": cat("confidence"),
             "u": rng.random((n, 3)),  # independent sampling draws: review, tier review, shadow
             # the stratified review's draws from a generator of their own, so the other monitors'
             # streams are the same as without it
@@ -251,6 +288,13 @@ class Scenario:
                 col[pos], CONFIDENCE_EDGES, self.reference[m.tier], self.cfg.psi_window, self.cfg.psi_step
             )
             return pos[idx], vals
+        if m.kind == "residual":
+            assert m.tier is not None and m.sample_rate is not None
+            q = np.minimum(1.0, m.sample_rate * s["review_weight"])
+            mask = (s["answered"] == m.tier) & (s["u_review"] < q) & np.isfinite(s["confidence"])
+            errors = ~s["tier_correct"][mask, m.tier]
+            expected_error = 1.0 - (s["confidence"][mask] + m.offset)
+            return np.nonzero(mask)[0], residual_cusum_path(errors, expected_error, self.cfg.delta)
         assert m.p0 is not None and m.p1 is not None and m.sample_rate is not None
         if m.tier is None:
             mask = s["u"][:, 0] < m.sample_rate
@@ -302,7 +346,7 @@ class Scenario:
                     false_alarms[m.name] += 1
                 after = fired[fired >= k_shift]
                 delays[m.name].append(int(after[0] - k_shift + 1) if len(after) else None)
-                if m.kind == "cusum":
+                if m.kind in ("cusum", "residual"):
                     labels[m.name].append(
                         int(np.sum((pos >= k_shift) & (pos < (after[0] if len(after) else s["n"]))))
                     )

@@ -181,7 +181,7 @@ def _drift_section(d: dict[str, Any]) -> str:
             [
                 escape(m["name"]),
                 DASH if m["sample_rate"] is None else _p(m["sample_rate"], 2),
-                DASH if m["p0"] is None else f"{m['p0']:.3f} → {m['p1']:.3f}",
+                _rates(m, cfg["delta"]),
                 f"{m['threshold']:.3g}",
                 "not fired" if md is None else f"{int(md):,}",
                 DASH if m["p10_delay"] is None else f"{int(m['p10_delay']):,}",
@@ -220,6 +220,98 @@ def _drift_section(d: dict[str, Any]) -> str:
             value_fmt="{:,.0f}",
         )
     )
+    return "".join(parts)
+
+
+def _rates(m: dict[str, Any], delta: float) -> str:
+    if m["kind"] == "residual":
+        return f"per answer: 1 - confidence - {m['offset']:+.3f} → +{delta:.2f}"
+    return DASH if m["p0"] is None else f"{m['p0']:.3f} → {m['p1']:.3f}"
+
+
+def _loop_section(lo: dict[str, Any]) -> str:
+    cfg = lo["config"]
+    shift = cfg["shift_at"]
+    curve = lo["curve"]
+    mb = lo["median_back_after"]
+    tune_from = f"; tune runs from request {cfg['tune_from']:,} on" if cfg.get("tune_from") else ""
+    parts = [
+        "<h2>Scenario: the closed loop (review labels → tune)</h2>",
+        f"<p>Traffic from <b>{escape(cfg['source'])}</b> for {shift:,} requests, then from "
+        f"<b>{escape(cfg['target'])}</b> for {cfg['horizon']:,} (rows drawn with replacement from each "
+        f"benchmark's test split; {cfg['runs']} runs). The <b>static</b> policy keeps its thresholds. The "
+        "<b>tuned</b> one: every answer goes through the proxy's review sampler (base rate "
+        f"{cfg['review_rate']:.1%}, default band weights, novelty against the calibration prompts); sampled "
+        f"cheaper-tier answers are labelled {cfg['label_delay']:,} requests later; every "
+        f"{cfg['tune_every']:,} requests <code>{escape(lo['tuner'])}</code> reads the evidence of the "
+        f"last {cfg['label_window']:,} requests and moves the thresholds by at most {cfg['max_step']:g}"
+        f"{tune_from}. Tune's target: {escape(lo['target_basis'])}. {lo['median_labels']:,.0f} review "
+        f"labels per run (median); the shadow calls ({_p(cfg['shadow_rate'], 0)} of accepted cheaper "
+        "answers) cost "
+        f"{_p(lo['shadow_cost_share'], 2)} of the capable tier alone (not in the savings curve)"
+        + ". Curves: the expected accuracy and savings of the thresholds in "
+        "force, over the rows traffic is drawn from at that point (median over runs).</p>",
+        _table(
+            ["", "accuracy", "savings vs capable", "thresholds"],
+            [
+                ["capable tier alone, after the shift", _p(lo["capable_accuracy_after"]), _p(0.0), DASH],
+                [
+                    "static, after the shift",
+                    _p(lo["static_after"]["accuracy"]),
+                    _p(lo["static_after"]["savings"]),
+                    ", ".join(f"{t:.3f}" for t in lo["static_thresholds"]),
+                ],
+                [
+                    "tuned, at the end",
+                    _p(lo["tuned_final"]["accuracy"]),
+                    _p(lo["tuned_final"]["savings"]),
+                    ", ".join(f"{t:.3f}" for t in lo["tuned_final"]["thresholds"]),
+                ],
+            ],
+        ),
+        f"<p id='loop-back'>Tuned cascade back within {cfg['max_drop'] * 100:g} point(s) "
+        "of the capable tier: "
+        + (
+            "<b class='bad'>not in the median run</b>"
+            if mb is None
+            else f"<b>{int(mb):,} requests after the shift</b> (median)"
+        )
+        + f"; {lo['never_back']}/{len(lo['back_after'])} runs never.</p>",
+        "<div class='charts'>",
+    ]
+    xs = [c["request"] for c in curve]
+
+    def series(key: str, name: str, colour: str) -> Series:
+        return Series(name, list(zip(xs, [c[key] for c in curve], strict=True)), colour)
+
+    floor = [(x, c["capable_accuracy"] - cfg["max_drop"]) for x, c in zip(xs, curve, strict=True)]
+    parts.append(
+        scatter_chart(
+            [
+                series("capable_accuracy", "capable tier alone", PALETTE[7]),
+                Series(f"capable - {cfg['max_drop'] * 100:g} pt", floor, "#bbbbbb"),
+                series("static_accuracy", "static policy", PALETTE[1]),
+                series("tuned_accuracy", "tuned from review labels", PALETTE[0]),
+            ],
+            title=f"Accuracy over time (shift at request {shift:,})",
+            x_label="requests",
+            y_label="accuracy",
+            width=640,
+        )
+    )
+    parts.append(
+        scatter_chart(
+            [
+                series("static_savings", "static policy", PALETTE[1]),
+                series("tuned_savings", "tuned from review labels", PALETTE[0]),
+            ],
+            title=f"Savings vs the capable tier over time (shift at request {shift:,})",
+            x_label="requests",
+            y_label="savings",
+            width=640,
+        )
+    )
+    parts.append("</div>")
     return "".join(parts)
 
 
@@ -402,6 +494,8 @@ def render(report: dict[str, Any]) -> str:
         parts.append(_drift_section(report["drift"]))
     if report.get("rollout"):
         parts.append(_rollout_section(report["rollout"]))
+    if report.get("loop"):
+        parts.append(_loop_section(report["loop"]))
     for note in report.get("notes", []):
         parts.append(f"<p class='muted'>Note: {escape(note)}</p>")
     parts.append(

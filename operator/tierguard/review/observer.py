@@ -123,7 +123,15 @@ class ReviewSampling:
         """Hand the strata's counts since the last flush to the writer."""
         rows = [
             StratumRow(
-                c.hour, self._policy, c.stratum.revision, c.stratum.tier, c.stratum.band, c.seen, c.sampled
+                c.hour,
+                self._policy,
+                c.stratum.revision,
+                c.stratum.tier,
+                c.stratum.band,
+                c.seen,
+                c.sampled,
+                c.confidence_sum,
+                c.confidence_n,
             )
             for c in self.sampler.drain_counts()
         ]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import metric_names as m
-from .estimate import Estimate, SampledItem, estimates
-from .store import Store
+from .estimate import Estimate, Population, SampledItem, estimates
+from .store import Store, StratumRow
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,40 @@ class QualitySettings:
     handoff_event: str = "human_handoff"
 
 
+def populations(rows: Iterable[StratumRow]) -> dict[str, dict[tuple[str, str], Population]]:
+    """Per policy and (revision, tier): every answer's calibrated confidence, summed from the hourly
+    stratum counts. A tier is left out when some of its counted answers have no confidence sum
+    (hours written before schema 3, or a tier without confidences): its difference estimate would
+    not cover the same answers as its sample."""
+    acc: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        a = acc.setdefault((r.policy, r.revision, r.tier), [0, 0, 0.0])
+        a[0] += r.seen
+        a[1] += r.confidence_n
+        a[2] += r.confidence_sum
+    out: dict[str, dict[tuple[str, str], Population]] = {}
+    for (policy, revision, tier), (seen, n, total) in acc.items():
+        if n > 0 and n == seen:
+            out.setdefault(policy, {})[(revision, tier)] = Population(int(n), total)
+    return out
+
+
 def policy_quality(store: Store, settings: QualitySettings) -> dict[str, list[Estimate]]:
     """Estimates per policy in the store."""
     by_policy: dict[str, list[SampledItem]] = {}
     for row in store.items(limit=1_000_000):
         it = row.item
         by_policy.setdefault(it.policy, []).append(
-            SampledItem(it.revision, it.tier, it.probability, row.label, it.counterfactual_usd - it.cost_usd)
+            SampledItem(
+                it.revision,
+                it.tier,
+                it.probability,
+                row.label,
+                it.counterfactual_usd - it.cost_usd,
+                it.confidence,
+            )
         )
+    pops = populations(store.strata())
     handoffs: dict[str, dict[tuple[str, str], int]] = {}
     for ev in store.events():
         if ev.name == settings.handoff_event and ev.value > 0:
@@ -41,6 +67,7 @@ def policy_quality(store: Store, settings: QualitySettings) -> dict[str, list[Es
             handoffs=handoffs.get(policy),
             cost_per_wrong=settings.cost_per_wrong,
             cost_per_handoff=settings.cost_per_handoff,
+            populations=pops.get(policy),
         )
         for policy, items in by_policy.items()
     }
@@ -64,6 +91,15 @@ class QualityCollector(Collector):
             m.REVIEW_ACCURACY_LOW, "Lower bound of the accuracy's confidence interval", labels=labels
         )
         n = GaugeMetricFamily(m.REVIEW_LABELS, "Review labels (correct or incorrect)", labels=labels)
+        dacc = GaugeMetricFamily(
+            m.REVIEW_ACCURACY_DIFFERENCE,
+            "Model-assisted accuracy: mean calibrated confidence of every answer plus the "
+            "inclusion-weighted mean residual (label - confidence) of the review sample",
+            labels=labels,
+        )
+        dlow = GaugeMetricFamily(
+            m.REVIEW_ACCURACY_DIFFERENCE_LOW, "Lower bound of the model-assisted accuracy", labels=labels
+        )
         for policy, ests in policy_quality(self.store, self.settings).items():
             for e in ests:
                 if e.accuracy is None or e.lo is None:
@@ -72,6 +108,7 @@ class QualityCollector(Collector):
                 acc.add_metric(key, e.accuracy)
                 low.add_metric(key, e.lo)
                 n.add_metric(key, e.labels)
-        yield acc
-        yield low
-        yield n
+                if e.difference is not None:
+                    dacc.add_metric(key, e.difference.accuracy)
+                    dlow.add_metric(key, e.difference.lo)
+        yield from (acc, low, n, dacc, dlow)

@@ -106,6 +106,8 @@ class StratumCount:
     stratum: Stratum
     seen: int
     sampled: int
+    confidence_sum: float = 0.0  # calibrated confidences of the answers seen (the difference estimate)
+    confidence_n: int = 0  # answers seen with a calibrated confidence
 
 
 class Sampler:
@@ -114,7 +116,8 @@ class Sampler:
         self.bands = band_names(spec.band_edges)
         self.rng = rng or random.Random()
         self.strata: dict[Stratum, StratumState] = {}
-        self._pending: dict[tuple[int, Stratum], list[int]] = {}  # (hour, stratum) -> [seen, sampled]
+        # (hour, stratum) -> [seen, sampled, confidence sum, answers with a confidence]
+        self._pending: dict[tuple[int, Stratum], list[float]] = {}
 
     def stratum(self, revision: str, tier: str, confidence: float | None) -> tuple[Stratum, float]:
         """The stratum of an answer and its band weight."""
@@ -146,8 +149,11 @@ class Sampler:
         state.roll(hour)
         cur = state.current
         cur.seen += 1
-        counts = self._pending.setdefault((hour, stratum), [0, 0])
+        counts = self._pending.setdefault((hour, stratum), [0, 0, 0.0, 0])
         counts[0] += 1
+        if stratum.band != "none" and confidence is not None:
+            counts[2] += confidence
+            counts[3] += 1
         base = self.spec.rate * weight
         if base <= 0.0:
             return Draw(stratum, False, 0.0, "off")
@@ -184,6 +190,8 @@ class Sampler:
 
     def drain_counts(self) -> list[StratumCount]:
         """Counts accumulated since the last drain (the writer adds them to the store)."""
-        out = [StratumCount(h, s, c[0], c[1]) for (h, s), c in self._pending.items()]
+        out = [
+            StratumCount(h, s, int(c[0]), int(c[1]), c[2], int(c[3])) for (h, s), c in self._pending.items()
+        ]
         self._pending = {}
         return out

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +75,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
 ]
+MIGRATIONS.append(
+    (
+        3,
+        [  # every answer's calibrated confidence summed per stratum and hour: the difference estimate
+            "ALTER TABLE strata ADD COLUMN confidence_sum DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "ALTER TABLE strata ADD COLUMN confidence_n BIGINT NOT NULL DEFAULT 0",
+        ],
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -145,6 +154,8 @@ class StratumRow:
     band: str
     seen: int
     sampled: int
+    confidence_sum: float = 0.0  # of the answers with a calibrated confidence (schema 3)
+    confidence_n: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,16 +269,16 @@ class Store:
         if not rows:
             return
         sql = self._sql(
-            "INSERT INTO strata (hour, policy, revision, tier, band, seen, sampled) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO strata (hour, policy, revision, tier, band, seen, sampled, confidence_sum, "
+            "confidence_n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (hour, policy, revision, tier, band) DO UPDATE SET "
-            "seen = strata.seen + excluded.seen, sampled = strata.sampled + excluded.sampled"
+            "seen = strata.seen + excluded.seen, sampled = strata.sampled + excluded.sampled, "
+            "confidence_sum = strata.confidence_sum + excluded.confidence_sum, "
+            "confidence_n = strata.confidence_n + excluded.confidence_n"
         )
 
         def go(cur: Any) -> None:
-            cur.executemany(
-                sql, [(r.hour, r.policy, r.revision, r.tier, r.band, r.seen, r.sampled) for r in rows]
-            )
+            cur.executemany(sql, [astuple(r) for r in rows])
 
         self._run(go)
 
@@ -396,7 +407,10 @@ class Store:
         return self._run(go)
 
     def strata(self, policy: str | None = None) -> list[StratumRow]:
-        sql = "SELECT hour, policy, revision, tier, band, seen, sampled FROM strata"
+        sql = (
+            "SELECT hour, policy, revision, tier, band, seen, sampled, confidence_sum, confidence_n "
+            "FROM strata"
+        )
         return self._select(sql, [("policy", policy)], "hour, revision, tier, band", lambda r: StratumRow(*r))
 
     def events(self, policy: str | None = None, since: float = 0.0) -> list[Event]:
