@@ -238,6 +238,7 @@ def minutes(phase: Phase, seconds: float, rss: list[tuple[float, int]]) -> list[
         rows.append(
             {
                 "minute": m + 1,
+                "seconds": hi - lo,
                 "requests": len(window),
                 "rps": len(window) / (hi - lo) if hi > lo else 0.0,
                 "p50_ms": percentile(lat, 50),
@@ -354,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     base_rss = next((kib for t, kib in rss if t >= args.warmup), rss[0][1] if rss else 0)
     end_rss = rss[-1][1] if rss else 0
     peak_rss = max((kib for _, kib in rss), default=0)
-    p99s = [r["p99_ms"] for r in per_minute if r["minute"] * 60 > args.warmup]
+    # full minutes after the warm-up (a tail of a few requests past the schedule is not a minute)
+    p99s = [r["p99_ms"] for r in per_minute if r["minute"] * 60 > args.warmup and r["seconds"] >= 30]
     statuses: dict[str, int] = {}
     for x in phase.samples:
         key = str(x.status) + (f" {x.error_type}" if x.error_type else "")
