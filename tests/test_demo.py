@@ -113,6 +113,12 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
     assert len(colours) > 20 and red > 20  # charts, with v3's disagreement line in red
 
 
+def _default_sigint() -> None:
+    # a test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and a
+    # Python child then never sees Ctrl-C: give the demo the terminal's default, as a person has
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         demo_command(tmp_path),
@@ -121,6 +127,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         text=True,
         env=env(),
         cwd=tmp_path,
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     seen = []
