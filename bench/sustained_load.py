@@ -70,7 +70,7 @@ class Phase:
     late: int = 0  # arrivals that found every in-flight slot taken (open loop kept up?)
 
 
-def write_policy(path: Path, cheap_url: str, capable_url: str, review_store: str) -> None:
+def write_policy(path: Path, cheap_url: str, capable_url: str, review_store: str | None) -> None:
     spec = {
         "tiers": [
             {"name": "mini", "baseUrl": cheap_url, "model": CHEAP, "timeoutSeconds": 30,
@@ -79,7 +79,8 @@ def write_policy(path: Path, cheap_url: str, capable_url: str, review_store: str
         ],
         "confidence": {"method": "logprob", "aggregate": "quantile", "quantile": 0.1, "earlyAbort": True},
         "proxy": {"shadowRate": SHADOW_RATE, "feedbackKey": {"env": "TIERGUARD_FEEDBACK_KEY"},
-                  "review": {"rate": REVIEW_RATE, "store": review_store, "redact": True}},
+                  **({"review": {"rate": REVIEW_RATE, "store": review_store, "redact": True}}
+                     if review_store else {})},
     }  # fmt: skip
     manifest = {"apiVersion": "tierguard.io/v1alpha1", "kind": "CascadePolicy",
                 "metadata": {"name": "sustained", "namespace": "bench"}, "spec": spec}  # fmt: skip
@@ -302,6 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.8, help="share of saturation offered (default 0.8)")
     p.add_argument("--rows", type=int, default=2000, help="synthetic workload rows")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--no-review", action="store_true", help="without review sampling (and its store)")
     p.add_argument("--pin", action="store_true",
                    help="proxy on CPU 1; simulators and this load generator on CPU 0")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None)
@@ -329,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         capable, capable_url = start_sim(data, CAPABLE, log_dir=logs, cpus=side)
         procs += [cheap, capable]
         policy = logs / "policy.yaml"
-        write_policy(policy, cheap_url, capable_url, f"sqlite:{logs / 'review.db'}")
+        write_policy(
+            policy, cheap_url, capable_url, None if args.no_review else f"sqlite:{logs / 'review.db'}"
+        )
         proxy, base = start_tierguard(
             policy, log_dir=logs, cpus=own, decision_log=str(logs / "decisions.jsonl")
         )
