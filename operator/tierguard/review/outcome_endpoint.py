@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..policy import OutcomeSpec, parse_duration
+from ..policy import OutcomeSpec
 from .metrics import ReviewMetrics
 from .outcome_events import (
     Accepted,
@@ -27,6 +27,7 @@ from .outcome_events import (
     Rejected,
     batch_items,
     check_event,
+    id_age_problem,
     reply,
 )
 from .store import Event, Store, StoreError
@@ -135,10 +136,10 @@ class OutcomeEndpoint:
         de-duplicated with every other outcome event (across replicas through the store). Returns
         ``recorded``, ``duplicate``, ``expired``, ``no_issue_time`` or ``store_unavailable``."""
         now = self.clock()
-        if decision.issued is None:
-            return "no_issue_time"
-        if now - decision.issued > parse_duration(self.spec().max_age):
-            return "expired"
+        too_old = id_age_problem(decision, self.spec(), now)
+        if too_old is not None:
+            return too_old
+        assert decision.issued is not None
         value, issued = (1.0 if up else 0.0), decision.issued
         event = Accepted(0, response_id, "thumbs", value, now, issued, decision.revision, decision.tier)
         fresh = await self._dedupe(policy, [event], now)

@@ -89,6 +89,16 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
+def id_age_problem(decision: Decided, spec: OutcomeSpec, now: float) -> str | None:
+    """Why an event can no longer be joined to this answer (``no_issue_time``: an id from before
+    ids carried their time; ``expired``: older than ``maxAge``), or None."""
+    if decision.issued is None:
+        return "no_issue_time"
+    if now - decision.issued > parse_duration(spec.max_age):
+        return "expired"
+    return None
+
+
 def check_event(
     index: int,
     raw: Any,
@@ -118,13 +128,14 @@ def check_event(
         decision = verify(raw.get("id"))
     except IdRejected as err:
         return Rejected(index, err.reason, f"{where}.id: unknown response id ({err.reason})", f"{where}.id")
-    if decision.issued is None:
+    too_old = id_age_problem(decision, spec, now)
+    if too_old == "no_issue_time":
         return Rejected(
             index, "no_issue_time", f"{where}.id was issued before ids carried their time", f"{where}.id"
         )
-    max_age = parse_duration(spec.max_age)
-    if now - decision.issued > max_age:
+    if too_old == "expired":
         return Rejected(index, "expired", f"{where}.id is older than {spec.max_age}", f"{where}.id")
+    assert decision.issued is not None
     ts = _number(raw.get("ts", now))
     if ts is None or ts < decision.issued - CLOCK_SKEW_S or ts > now + CLOCK_SKEW_S:
         return Rejected(

@@ -42,7 +42,6 @@ class TunedRecord:
     approval: Approval
     time: str  # RFC 3339
     changes: list[ThresholdChange] = field(default_factory=list)
-    target: float | None = None
     rows: int = 0  # production comparisons the change was certified on
 
     def to_annotation(self) -> str:
@@ -66,7 +65,6 @@ class TunedRecord:
                 approval=approval,
                 time=str(data.get("time", "")),
                 changes=changes,
-                target=data.get("target"),
                 rows=int(data.get("rows", 0)),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
